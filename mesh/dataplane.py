@@ -1,0 +1,86 @@
+"""The protocol-agnostic data plane: infer, metadata, readiness.
+
+The gRPC front end (and the REST one to come) only translate wire messages
+into these calls; errors leave as `MeshError`s and are mapped to the wire in
+one place per protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from mesh.copy_recorder import CopyState
+from mesh.errors import InvalidInput, ModelNotFound
+from mesh.loader import LocalCopy
+from mesh.router import Router
+from protos import grpc_predict_v2_pb2 as v2
+from protos.tensor_codec import TensorCodecError, decode_inputs
+
+MODEL_ID_HEADER = "mm-model-id"
+VMODEL_ID_HEADER = "mm-vmodel-id"
+
+
+def header(headers: Mapping[str, str | bytes], name: str) -> str | None:
+    """A header as text; the `-bin` form (base64 on the wire, bytes here) counts too."""
+    value = headers.get(name)
+    if value is None:
+        value = headers.get(f"{name}-bin")
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    return value or None
+
+
+def resolve_model_id(model_name: str, headers: Mapping[str, str | bytes]) -> str:
+    """Headers win over the message field, as in ModelMesh."""
+    model_id = header(headers, MODEL_ID_HEADER)
+    if model_id:
+        return model_id
+    vmodel_id = header(headers, VMODEL_ID_HEADER)
+    if vmodel_id:
+        raise ModelNotFound(f"vModel {vmodel_id!r} is not defined")
+    if not model_name:
+        raise InvalidInput("no model named: set model_name or the mm-model-id header")
+    return model_name
+
+
+def _validate_inputs(request: v2.ModelInferRequest) -> None:
+    try:
+        decode_inputs(request)
+    except TensorCodecError as exc:
+        raise InvalidInput(str(exc)) from exc
+
+
+class DataPlane:
+    def __init__(self, router: Router, request_timeout_s: float) -> None:
+        self.router = router
+        self.runtime = router.loader.runtime
+        self.request_timeout_s = request_timeout_s
+
+    async def infer(self, model_id: str, request: v2.ModelInferRequest) -> v2.ModelInferResponse:
+        async def call(copy: LocalCopy) -> v2.ModelInferResponse:
+            return await self.runtime.infer(model_id, request, self.request_timeout_s)
+
+        return await self.router.with_copy(model_id, call, before_load=lambda: _validate_inputs(request))
+
+    async def metadata(self, model_id: str, name: str) -> v2.ModelMetadataResponse:
+        """Loads the model if needed (its signature comes from the runtime) and
+        keeps the answer with the copy, so repeat calls cost nothing."""
+
+        async def call(copy: LocalCopy) -> v2.ModelMetadataResponse:
+            if copy.metadata is None:
+                copy.metadata = await self.runtime.metadata(model_id, model_id)
+            response = v2.ModelMetadataResponse()
+            response.CopyFrom(copy.metadata)
+            response.name = name or model_id
+            return response
+
+        return await self.router.with_copy(model_id, call)
+
+    async def model_ready(self, model_id: str) -> bool:
+        """Ready = servable now or on demand: registered and not in a failure
+        back-off. A mesh loads on first use, so "not loaded yet" is still ready."""
+        await self.router.record(model_id)
+        copy = self.router.loader.copies.get(model_id)
+        if copy is not None and copy.state is CopyState.LOADED:
+            return True
+        return self.router.loader.failure_of(model_id) is None

@@ -1,0 +1,61 @@
+"""v2 gRPC front end of the sidecar: wire messages in, `DataPlane` calls out."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+import grpc
+
+from mesh.dataplane import DataPlane, resolve_model_id
+from mesh.grpc_errors import serve_call
+from mesh.metrics import MeshMetrics
+from protos import grpc_predict_v2_pb2 as v2
+from protos import grpc_predict_v2_pb2_grpc as v2_grpc
+
+
+def _headers(context: grpc.aio.ServicerContext) -> dict[str, str | bytes]:
+    return {key: value for key, value in (context.invocation_metadata() or ())}
+
+
+def _version() -> str:
+    try:
+        return version("mmesh")
+    except PackageNotFoundError:
+        return "dev"
+
+
+class InferenceFrontend(v2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, dataplane: DataPlane, metrics: MeshMetrics, is_ready) -> None:
+        self.dataplane = dataplane
+        self.metrics = metrics
+        self._is_ready = is_ready
+
+    async def ServerLive(self, request, context) -> v2.ServerLiveResponse:
+        return v2.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context) -> v2.ServerReadyResponse:
+        return v2.ServerReadyResponse(ready=self._is_ready())
+
+    async def ServerMetadata(self, request, context) -> v2.ServerMetadataResponse:
+        return v2.ServerMetadataResponse(name="mmesh", version=_version(), extensions=["model_repository"])
+
+    async def ModelReady(self, request: v2.ModelReadyRequest, context) -> v2.ModelReadyResponse:
+        async def work() -> v2.ModelReadyResponse:
+            model_id = resolve_model_id(request.name, _headers(context))
+            return v2.ModelReadyResponse(ready=await self.dataplane.model_ready(model_id))
+
+        return await serve_call(context, self.metrics, "ModelReady", work())
+
+    async def ModelMetadata(self, request: v2.ModelMetadataRequest, context) -> v2.ModelMetadataResponse:
+        async def work() -> v2.ModelMetadataResponse:
+            model_id = resolve_model_id(request.name, _headers(context))
+            return await self.dataplane.metadata(model_id, request.name or model_id)
+
+        return await serve_call(context, self.metrics, "ModelMetadata", work())
+
+    async def ModelInfer(self, request: v2.ModelInferRequest, context) -> v2.ModelInferResponse:
+        async def work() -> v2.ModelInferResponse:
+            model_id = resolve_model_id(request.model_name, _headers(context))
+            return await self.dataplane.infer(model_id, request)
+
+        return await serve_call(context, self.metrics, "ModelInfer", work())

@@ -1,0 +1,194 @@
+"""Management API: ModelMesh's `mmesh.ModelMesh` (register, unregister,
+status, ensureLoaded) and our `mmesh.ModelMeshExtensions` (list, bulk
+register). Registry writes go to etcd first and then straight into this
+sidecar's view, so a request right after registerModel finds the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from mesh.clock import now_ms
+from mesh.errors import AlreadyExists, InvalidInput, MeshError, ModelNotFound
+from mesh.grpc_errors import serve_call
+from mesh.loader import ModelLoader
+from mesh.metrics import MeshMetrics
+from mesh.records import ModelRecord
+from mesh.router import Router
+from mesh.status import model_status
+from mesh.store import RegistryStore
+from mesh.views import RegistryView
+from protos import model_mesh_pb2 as mm
+from protos import model_mesh_pb2_grpc as mm_grpc
+from protos import mmesh_ext_pb2 as ext
+from protos import mmesh_ext_pb2_grpc as ext_grpc
+
+log = logging.getLogger(__name__)
+
+# ModelMesh gives new models a last-used time an hour back, so a registration
+# never displaces models that served in the last hour.
+LAST_USED_AGE_ON_REGISTER_MS = 3_600_000
+DEFAULT_PAGE_SIZE = 500
+MAX_MODEL_ID_LENGTH = 512
+
+
+def validate_registration(request: mm.RegisterModelRequest) -> ModelRecord:
+    model_id = request.modelId
+    if not model_id:
+        raise InvalidInput("modelId is empty")
+    if len(model_id) > MAX_MODEL_ID_LENGTH or any(c in model_id for c in "\x00\n\r"):
+        raise InvalidInput(f"modelId {model_id[:64]!r}… is not a valid id")
+    if not request.HasField("modelInfo") or not request.modelInfo.type:
+        raise InvalidInput(f"model {model_id!r}: modelInfo.type is required (e.g. 'onnx')")
+    info = request.modelInfo
+    last_used = request.lastUsedTime or (now_ms() - LAST_USED_AGE_ON_REGISTER_MS)
+    return ModelRecord(model_id=model_id, type=info.type, path=info.path, key=info.key, last_used_ms=last_used)
+
+
+class Management:
+    """The operations behind both services, independent of the wire."""
+
+    def __init__(self, store: RegistryStore, view: RegistryView, loader: ModelLoader, router: Router, instance_id: str) -> None:
+        self.store = store
+        self.view = view
+        self.loader = loader
+        self.router = router
+        self.instance_id = instance_id
+        self._background: set[asyncio.Task[object]] = set()
+
+    def status(self, model_id: str) -> mm.ModelStatusInfo:
+        return model_status(self.view.get(model_id), self.loader, self.instance_id)
+
+    async def register(self, request: mm.RegisterModelRequest) -> mm.ModelStatusInfo:
+        record = validate_registration(request)
+        created, stored = await self.store.create(record)
+        if not created and not stored.same_definition(record):
+            raise AlreadyExists(
+                f"model {record.model_id!r} already exists with different attributes "
+                f"(type={stored.type!r}, path={stored.path!r}, key={stored.key!r})"
+            )
+        self.view.apply(stored)
+        if request.loadNow:
+            await self._load(stored, sync=request.sync)
+        return self.status(record.model_id)
+
+    async def unregister(self, model_id: str) -> None:
+        if not model_id:
+            raise InvalidInput("modelId is empty")
+        revision = await self.store.delete(model_id)
+        if revision is not None:
+            self.view.apply_delete(model_id, revision)
+
+    async def ensure_loaded(self, request: mm.EnsureLoadedRequest) -> mm.ModelStatusInfo:
+        record = await self.router.record(request.modelId)
+        await self._load(record, sync=request.sync)
+        return self.status(request.modelId)
+
+    async def _load(self, record: ModelRecord, *, sync: bool) -> None:
+        """Load now; failures show in the returned status (LOADING_FAILED), as
+        in ModelMesh, rather than failing the management call."""
+        work = self._quiet_load(record)
+        if sync:
+            await work
+        else:
+            task = asyncio.create_task(work)
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            await asyncio.sleep(0)  # let the load register as LOADING before we report
+
+    async def _quiet_load(self, record: ModelRecord) -> None:
+        try:
+            await self.loader.ensure_loaded(record)
+        except MeshError as exc:
+            log.info("load of %s requested by management failed: %s", record.model_id, exc.message)
+
+    def list(self, request: ext.ListModelsRequest) -> ext.ListModelsResponse:
+        wanted = set(request.statusFilter)
+        page_size = request.pageSize or DEFAULT_PAGE_SIZE
+        ids = sorted(m.model_id for m in self.view.records() if m.model_id > request.pageToken)
+        models: list[ext.ModelSummary] = []
+        last = ""
+        for model_id in ids:
+            record = self.view.get(model_id)
+            if record is None:
+                continue
+            status = model_status(record, self.loader, self.instance_id)
+            last = model_id
+            if wanted and status.status not in wanted:
+                continue
+            models.append(
+                ext.ModelSummary(
+                    modelId=model_id,
+                    modelInfo=mm.ModelInfo(type=record.type, path=record.path, key=record.key),
+                    status=status,
+                    sizeInBytes=record.size_bytes,
+                    copies=sum(1 for c in status.modelCopyInfos if c.copyStatus == mm.ModelStatusInfo.LOADED),
+                )
+            )
+            if len(models) >= page_size:
+                break
+        more = bool(models) and last != ids[-1] if ids else False
+        return ext.ListModelsResponse(models=models, nextPageToken=last if more else "", totalModels=len(self.view))
+
+
+class ManagementFrontend(mm_grpc.ModelMeshServicer):
+    def __init__(self, management: Management, metrics: MeshMetrics) -> None:
+        self.m = management
+        self.metrics = metrics
+
+    async def registerModel(self, request, context):
+        return await serve_call(context, self.metrics, "registerModel", self.m.register(request))
+
+    async def unregisterModel(self, request, context):
+        async def work():
+            await self.m.unregister(request.modelId)
+            return mm.UnregisterModelResponse()
+
+        return await serve_call(context, self.metrics, "unregisterModel", work())
+
+    async def getModelStatus(self, request, context):
+        async def work():
+            return self.m.status(request.modelId)
+
+        return await serve_call(context, self.metrics, "getModelStatus", work())
+
+    async def ensureLoaded(self, request, context):
+        return await serve_call(context, self.metrics, "ensureLoaded", self.m.ensure_loaded(request))
+
+    async def setVModel(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "vModels are not available yet")
+
+    async def getVModelStatus(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "vModels are not available yet")
+
+    async def deleteVModel(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "vModels are not available yet")
+
+
+class ExtensionsFrontend(ext_grpc.ModelMeshExtensionsServicer):
+    def __init__(self, management: Management, metrics: MeshMetrics) -> None:
+        self.m = management
+        self.metrics = metrics
+
+    async def listModels(self, request, context):
+        async def work():
+            return self.m.list(request)
+
+        return await serve_call(context, self.metrics, "listModels", work())
+
+    async def registerModels(self, request, context):
+        async def work():
+            results = await asyncio.gather(*(self._one(r) for r in request.models))
+            return ext.RegisterModelsResponse(results=results)
+
+        return await serve_call(context, self.metrics, "registerModels", work())
+
+    async def _one(self, request: mm.RegisterModelRequest) -> ext.RegisterModelsResponse.Result:
+        try:
+            await self.m.register(request)
+        except MeshError as exc:
+            return ext.RegisterModelsResponse.Result(modelId=request.modelId, code=exc.code.name, message=exc.message)
+        return ext.RegisterModelsResponse.Result(modelId=request.modelId, code="OK")

@@ -1,0 +1,39 @@
+"""All sidecar configuration in one typed object, read from flags and the
+environment. Variable names follow ModelMesh where one exists
+(MM_SVC_GRPC_PORT, MM_KVSTORE_PREFIX, MM_LOAD_FAILURE_EXPIRY_TIME_MS, …)."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()[-12:]}-{uuid.uuid4().hex[:6]}"
+
+
+class MeshSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MMESH_", populate_by_name=True, extra="ignore")
+
+    instance_id: str = Field(default_factory=_default_instance_id, validation_alias=AliasChoices("MM_INSTANCE_ID", "MMESH_INSTANCE_ID", "instance_id"))
+    host: str = "127.0.0.1"
+    grpc_port: int = Field(8033, validation_alias=AliasChoices("MM_SVC_GRPC_PORT", "MMESH_GRPC_PORT", "grpc_port"))
+    metrics_port: int = 2112  # 0 disables the metrics endpoint
+    etcd_endpoints: str = "127.0.0.1:2379"  # comma-separated host:port
+    kv_prefix: str = Field("mmesh", validation_alias=AliasChoices("MM_KVSTORE_PREFIX", "MMESH_KV_PREFIX", "kv_prefix"))
+
+    # runtime: "inprocess" builds the adapter in this process; anything else is
+    # a gRPC target such as unix:///tmp/mmesh/grpc.sock or localhost:8085
+    runtime: str = "inprocess"
+    runtime_capacity_bytes: int = 0  # in-process adapter only; 0 = from memory
+    device: str = "auto"
+    runtime_wait_s: float = 60.0  # how long to wait for an external runtime at start
+
+    load_failure_backoff_ms: int = Field(
+        30_000, validation_alias=AliasChoices("MM_LOAD_FAILURE_EXPIRY_TIME_MS", "MMESH_LOAD_FAILURE_BACKOFF_MS", "load_failure_backoff_ms")
+    )
+    capacity_wait_s: float = 30.0  # how long a load waits for in-use models to free space
+    request_timeout_s: float = 60.0

@@ -1,0 +1,122 @@
+"""Assembles one sidecar: runtime client, registry store and view, loader,
+router, data plane, the gRPC server and the metrics endpoint; and takes them
+down again in reverse order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+from prometheus_client import start_http_server
+
+from mesh.copy_recorder import CopyRecorder, DesiredCopy
+from mesh.dataplane import DataPlane
+from mesh.frontend_grpc import InferenceFrontend
+from mesh.loader import LoaderConfig, ModelLoader
+from mesh.management import ExtensionsFrontend, Management, ManagementFrontend
+from mesh.metrics import MeshMetrics
+from mesh.records import ModelRecord
+from mesh.router import Router
+from mesh.runtime_client import GrpcRuntime, InProcessRuntime, RuntimeClient
+from mesh.settings import MeshSettings
+from mesh.store import RegistryStore
+from mesh.views import RegistryView
+from protos import grpc_predict_v2_pb2_grpc as v2_grpc
+from protos import model_mesh_pb2_grpc as mm_grpc
+from protos import mmesh_ext_pb2_grpc as ext_grpc
+from runtime_adapter.factory import build_repository
+from runtime_adapter.server import SERVER_OPTIONS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sidecar:
+    settings: MeshSettings
+    metrics: MeshMetrics = field(default_factory=MeshMetrics)
+    grpc_port: int = 0  # the bound port, once started
+    metrics_port: int = 0
+
+    async def start(self) -> "Sidecar":
+        s = self.settings
+        self.runtime = await self._connect_runtime()
+        status = await self.runtime.status()  # also purges models left from a previous life
+        self.store = RegistryStore(s.etcd_endpoints, s.kv_prefix)
+        await self.store.connect()
+        self.view = RegistryView(self.store)
+        await self.view.start()
+        self.recorder = CopyRecorder(self.store, self.view, s.instance_id)
+        self.loader = ModelLoader(
+            self.runtime,
+            LoaderConfig(
+                capacity_bytes=status.capacityInBytes,
+                max_loading_concurrency=max(1, status.maxLoadingConcurrency),
+                load_timeout_s=(status.modelLoadingTimeoutMs or 90_000) / 1000,
+                default_model_size_bytes=status.defaultModelSizeInBytes or (1 << 20),
+                failure_backoff_ms=s.load_failure_backoff_ms,
+                capacity_wait_s=s.capacity_wait_s,
+            ),
+            self.recorder,
+            self.metrics,
+        )
+        self.view.add_listener(self._on_registry_change)
+        self.metrics.models_managed.set(len(self.view))
+        self._forget_stale_copies()
+        self.router = Router(self.view, self.store, self.loader, self.metrics)
+        self.dataplane = DataPlane(self.router, s.request_timeout_s)
+        self.management = Management(self.store, self.view, self.loader, self.router, s.instance_id)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceFrontend(self.dataplane, self.metrics, lambda: self.view.synced.is_set()), self.server
+        )
+        mm_grpc.add_ModelMeshServicer_to_server(ManagementFrontend(self.management, self.metrics), self.server)
+        ext_grpc.add_ModelMeshExtensionsServicer_to_server(ExtensionsFrontend(self.management, self.metrics), self.server)
+        self.grpc_port = self.server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        if not self.grpc_port:
+            raise OSError(f"could not bind gRPC port {s.host}:{s.grpc_port}")
+        await self.server.start()
+        self._metrics_server = None
+        if s.metrics_port > 0:
+            self._metrics_server, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.metrics.registry)
+            self.metrics_port = self._metrics_server.server_port
+        log.info("sidecar %s serving on %s:%d", s.instance_id, s.host, self.grpc_port)
+        return self
+
+    async def _connect_runtime(self) -> RuntimeClient:
+        s = self.settings
+        if s.runtime == "inprocess":
+            return InProcessRuntime(build_repository(s.runtime_capacity_bytes or None, device=s.device))
+        runtime = GrpcRuntime(s.runtime)
+        await runtime.wait_ready(s.runtime_wait_s)
+        return runtime
+
+    def _forget_stale_copies(self) -> None:
+        """Records may still list copies from this instance id's previous life;
+        the runtime was just purged, so they are gone."""
+        me = self.settings.instance_id
+        for record in self.view.records():
+            if me in record.instances or me in record.loading:
+                self.recorder.set(record.model_id, DesiredCopy(None, 0))
+
+    def _on_registry_change(self, model_id: str, record: ModelRecord | None) -> None:
+        if record is None:
+            self.loader.forget(model_id)
+        self.metrics.models_managed.set(len(self.view))
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.grpc_port}"
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        await self.server.stop(grace_s)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        await self.loader.unload_all()
+        await self.recorder.flush(timeout_s=3)
+        await self.recorder.close()
+        await self.view.stop()
+        await self.store.close()
+        await self.runtime.close()

@@ -1,0 +1,138 @@
+"""The sidecar's in-memory copy of the registry, fed by an etcd watch.
+
+The request path reads only this view, never etcd. Our own writes are applied
+at once (read-your-writes for the caller that registered a model), the watch
+brings everyone else's, and a newer mod_revision always wins, so a late watch
+event can never roll a record back. After a compaction or a lost watch the
+view re-lists and diffs, telling listeners about what disappeared meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+
+from mesh.records import ModelRecord
+from mesh.store import RegistryStore
+
+log = logging.getLogger(__name__)
+
+RESYNC_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+Listener = Callable[[str, ModelRecord | None], None]
+
+
+class RegistryView:
+    def __init__(self, store: RegistryStore) -> None:
+        self._store = store
+        self._records: dict[str, ModelRecord] = {}
+        # deletions applied locally before the watch caught up: (revision, id)
+        self._tombstones: dict[str, int] = {}
+        self._tombstone_order: deque[tuple[int, str]] = deque()
+        self.revision = 0
+        self._listeners: list[Listener] = []
+        self._task: asyncio.Task[None] | None = None
+        self.synced = asyncio.Event()
+        self.resyncs = 0
+
+    # ---- reads (hot path) -------------------------------------------------
+
+    def get(self, model_id: str) -> ModelRecord | None:
+        return self._records.get(model_id)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def records(self) -> list[ModelRecord]:
+        return list(self._records.values())
+
+    def add_listener(self, listener: Listener) -> None:
+        """Called with (model_id, record or None) after every change."""
+        self._listeners.append(listener)
+
+    # ---- updates ----------------------------------------------------------
+
+    def apply(self, record: ModelRecord) -> None:
+        """Take `record` unless the view already has the same or a newer one."""
+        current = self._records.get(record.model_id)
+        if current is not None and current.mod_revision >= record.mod_revision:
+            return
+        if self._tombstones.get(record.model_id, -1) >= record.mod_revision:
+            return
+        self._records[record.model_id] = record
+        self._notify(record.model_id, record)
+
+    def apply_delete(self, model_id: str, revision: int) -> None:
+        current = self._records.get(model_id)
+        if current is not None and current.mod_revision > revision:
+            return
+        self._tombstones[model_id] = revision
+        self._tombstone_order.append((revision, model_id))
+        if self._records.pop(model_id, None) is not None:
+            self._notify(model_id, None)
+
+    def _advance(self, revision: int) -> None:
+        """The watch has passed `revision`: older tombstones can go."""
+        self.revision = max(self.revision, revision)
+        order = self._tombstone_order
+        while order and order[0][0] <= self.revision:
+            rev, model_id = order.popleft()
+            if self._tombstones.get(model_id) == rev:
+                del self._tombstones[model_id]
+
+    def _notify(self, model_id: str, record: ModelRecord | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(model_id, record)
+            except Exception:  # a listener bug must not stop the watch
+                log.exception("registry listener failed for %s", model_id)
+
+    # ---- watch loop ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the registry, then keep it current in the background."""
+        await self._resync()
+        self._task = asyncio.create_task(self._run(), name="registry-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _resync(self) -> None:
+        records, revision = await self._store.list()
+        fresh = {r.model_id: r for r in records}
+        for model_id in [m for m in self._records if m not in fresh]:
+            self.apply_delete(model_id, revision)
+        for record in records:
+            self.apply(record)
+        self._advance(revision)
+        self.synced.set()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if failures:
+                    await self._resync()
+                    self.resyncs += 1
+                async for event in self._store.watch(self.revision + 1):
+                    if event.record is None:
+                        self.apply_delete(event.model_id, event.revision)
+                    else:
+                        self.apply(event.record)
+                    self._advance(event.revision)
+                    failures = 0
+                failures += 1  # the stream ended: etcd closed it
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                log.warning("registry watch interrupted (%s); resyncing", exc)
+            await asyncio.sleep(RESYNC_BACKOFF_S[min(failures, len(RESYNC_BACKOFF_S)) - 1])

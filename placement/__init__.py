@@ -1,0 +1,21 @@
+"""Pure placement decisions shared by the sidecar (mesh/) and the simulator (sim/).
+
+No I/O, no asyncio, no clocks: time comes in as ``now_ms``.  See the module
+docstrings for why each policy is shaped the way it is.
+"""
+
+from placement.failures import backoff_delay_ms, in_backoff
+from placement.instances import InstanceState, choose_load_target, pick_copy
+from placement.lru import Admission, CacheEntry, EvictionPlan, SizeAwareLRU
+
+__all__ = [
+    "Admission",
+    "CacheEntry",
+    "EvictionPlan",
+    "InstanceState",
+    "SizeAwareLRU",
+    "backoff_delay_ms",
+    "choose_load_target",
+    "in_backoff",
+    "pick_copy",
+]

@@ -1,0 +1,1 @@
+"""Built-in runtimes, by the model type names used in `modelInfo.type`."""
