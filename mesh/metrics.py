@@ -43,6 +43,9 @@ class MeshMetrics:
         self.models_managed = Gauge("modelmesh_models_managed_total", "Models registered in the mesh", registry=r)
         self.instance_capacity = Gauge("modelmesh_instance_capacity_bytes", "Model capacity of this instance", registry=r)
         self.instance_used = Gauge("modelmesh_instance_used_bytes", "Model memory in use on this instance", registry=r)
+        self.waiting_for_load = Gauge(
+            "mmesh_requests_waiting_for_load", "Requests waiting for their model to load here", registry=r
+        )
         self.request_size = Histogram(
             "modelmesh_request_size_bytes", "Inference request payload sizes", buckets=BYTES_BUCKETS, registry=r
         )

@@ -65,10 +65,14 @@ class Router:
         if before_load is not None:
             before_load()
         started = time.perf_counter()
-        for _ in range(MISS_ATTEMPTS):
-            await self.loader.ensure_loaded(record)
-            copy = self.loader.try_acquire(model_id)
-            if copy is not None:
-                self.metrics.cache_miss_ms.observe((time.perf_counter() - started) * 1e3)
-                return copy
+        self.metrics.waiting_for_load.inc()
+        try:
+            for _ in range(MISS_ATTEMPTS):
+                await self.loader.ensure_loaded(record)
+                copy = self.loader.try_acquire(model_id)
+                if copy is not None:
+                    self.metrics.cache_miss_ms.observe((time.perf_counter() - started) * 1e3)
+                    return copy
+        finally:
+            self.metrics.waiting_for_load.dec()
         raise CapacityExhausted(f"model {model_id!r} was evicted before it could serve: the cache is thrashing")

@@ -59,6 +59,10 @@ class RegistryView:
         current = self._records.get(record.model_id)
         if current is not None and current.mod_revision >= record.mod_revision:
             return
+        if current is None and record.mod_revision < self.revision:
+            # the watch has passed this put and the view no longer has the
+            # record: it was deleted since (its tombstone may be gone already)
+            return
         if self._tombstones.get(record.model_id, -1) >= record.mod_revision:
             return
         self._records[record.model_id] = record

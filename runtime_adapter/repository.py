@@ -113,17 +113,23 @@ class ModelRepository:
             self._loading.add(model_id)
             self._unload_requested.discard(model_id)
         started = time.perf_counter()
+        loaded = False
         try:
             model = runtime.load(model_id, Path(request.modelPath))
+            loaded = True
         except AdapterError:
             raise
         except Exception as exc:  # a runtime bug must not take the adapter down
             log.exception("load of %s failed", model_id)
             raise AdapterError.internal(f"model {model_id!r} failed to load: {exc}") from exc
         finally:
-            with self._lock:
-                self._loading.discard(model_id)
+            if not loaded:
+                with self._lock:
+                    self._loading.discard(model_id)
+        # Leaving "loading" and recording the model happen under one lock hold:
+        # in between, an unload (or a second load) would see neither and be lost.
         with self._lock:
+            self._loading.discard(model_id)
             cancelled = model_id in self._unload_requested
             self._unload_requested.discard(model_id)
             if not cancelled:
