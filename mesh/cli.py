@@ -35,20 +35,26 @@ def _size(value: str) -> int:
 @app.command()
 def up(
     etcd: Annotated[Optional[str], typer.Option(help="etcd endpoint host:port; default: start an embedded etcd")] = None,
+    etcd_port: Annotated[int, typer.Option(help="client port of the embedded etcd")] = 2379,
     grpc_port: Annotated[int, typer.Option(help="gRPC port (v2 inference + management)")] = 8033,
     metrics_port: Annotated[int, typer.Option(help="Prometheus port (0 = off)")] = 2112,
     runtime: Annotated[str, typer.Option(help="'inprocess' or 'uds' (adapter in its own process)")] = "inprocess",
     capacity: Annotated[str, typer.Option(help="model memory, e.g. 2GiB (default: from host memory)")] = "",
     data_dir: Annotated[Path, typer.Option(help="etcd data, example models, sockets")] = Path(".mmesh"),
     examples: Annotated[bool, typer.Option(help="generate and register the example models")] = True,
+    instance_id: Annotated[str, typer.Option(help="this sidecar's id in the mesh")] = "local-0",
+    kv_prefix: Annotated[str, typer.Option(help="etcd key prefix of this mesh")] = "mmesh",
     log_level: Annotated[str, typer.Option()] = "WARNING",
 ) -> None:
     """Run a local mesh: embedded etcd, one sidecar, example models. Ctrl-C stops it."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(_up(etcd, grpc_port, metrics_port, runtime, _size(capacity) if capacity else 0, data_dir, examples))
+    capacity_bytes = _size(capacity) if capacity else 0
+    asyncio.run(_up(etcd, etcd_port, grpc_port, metrics_port, runtime, capacity_bytes, data_dir, examples, instance_id, kv_prefix))
 
 
-async def _up(etcd_endpoint, grpc_port, metrics_port, runtime, capacity, data_dir: Path, examples: bool) -> None:
+async def _up(
+    etcd_endpoint, etcd_port, grpc_port, metrics_port, runtime, capacity, data_dir: Path, examples: bool, instance_id: str, kv_prefix: str
+) -> None:
     from mesh.adapter_process import AdapterProcess
     from mesh.etcd_process import EtcdProcess
     from mesh.examples import write_examples
@@ -60,16 +66,17 @@ async def _up(etcd_endpoint, grpc_port, metrics_port, runtime, capacity, data_di
     etcd = adapter = sidecar = None
     try:
         if etcd_endpoint is None:
-            etcd = EtcdProcess(client_port=2379, data_dir=data_dir / "etcd").start()
+            etcd = EtcdProcess(client_port=etcd_port, data_dir=data_dir / "etcd").start()
             etcd_endpoint = etcd.endpoint
         runtime_target = "inprocess"
         if runtime == "uds":
-            adapter = AdapterProcess(data_dir / "grpc.sock", capacity_bytes=capacity).start()
+            adapter = AdapterProcess(data_dir / f"{instance_id}.sock", capacity_bytes=capacity).start()
             runtime_target = adapter.target
         elif runtime != "inprocess":
             raise typer.BadParameter("--runtime must be 'inprocess' or 'uds'")
         settings = MeshSettings(
-            instance_id="local-0",
+            instance_id=instance_id,
+            kv_prefix=kv_prefix,
             grpc_port=grpc_port,
             metrics_port=metrics_port,
             etcd_endpoints=etcd_endpoint,
