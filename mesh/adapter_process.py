@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mesh.processes import stop_process
+
 
 @dataclass
 class AdapterProcess:
@@ -45,14 +47,7 @@ class AdapterProcess:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=timeout_s)
+        stop_process(proc, timeout_s)
 
     @property
     def pid(self) -> int | None:

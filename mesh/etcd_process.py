@@ -15,6 +15,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mesh.processes import stop_process
+
 
 def find_etcd_binary() -> str:
     found = shutil.which("etcd")
@@ -94,13 +96,7 @@ class EtcdProcess:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout_s)
+        stop_process(proc, timeout_s)
         if proc is not None and proc.stderr:
             proc.stderr.close()
 

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 
 from mesh.clock import now_ms
 from mesh.copy_recorder import CopyRecorder, CopyState, DesiredCopy
-from mesh.errors import CapacityExhausted, DeadlineExceeded, MeshError, ModelLoadFailed, RuntimeUnavailable
+from mesh.errors import (
+    CapacityExhausted,
+    DeadlineExceeded,
+    MeshError,
+    ModelLoadFailed,
+    ModelNotFound,
+    RuntimeUnavailable,
+)
 from mesh.metrics import MeshMetrics
 from mesh.records import ModelRecord
 from mesh.runtime_client import RuntimeClient
@@ -67,6 +74,7 @@ class ModelLoader:
         self.failures: dict[str, LocalCopy] = {}  # last failed load, per model
         self._loads: dict[str, asyncio.Task[LocalCopy]] = {}
         self._unloads: dict[str, asyncio.Task[None]] = {}
+        self._unregistered: set[str] = set()  # unregistered while their load ran
         self._load_slots = asyncio.Semaphore(config.max_loading_concurrency)
         self._space_freed = asyncio.Event()
         self.load_count = 0
@@ -118,6 +126,8 @@ class ModelLoader:
                     f"model {model_id!r} failed to load {self._clock() - failure.since_ms} ms ago "
                     f"and is in back-off: {failure.error}"
                 )
+            # visible as LOADING at once, before the first await of the load
+            self.copies[model_id] = LocalCopy(model_id, CopyState.LOADING, self._clock())
             task = asyncio.create_task(self._load(record), name=f"load-{model_id}")
             self._loads[model_id] = task
             task.add_done_callback(lambda t, m=model_id: self._loads.pop(m, None) if self._loads.get(m) is t else None)
@@ -143,11 +153,14 @@ class ModelLoader:
         if pending_unload is not None:
             await asyncio.shield(pending_unload)
         started = time.perf_counter()
-        size = await self._predicted_size(record)
-        await self._make_room(model_id, size)
+        copy = self.copies[model_id]
+        try:
+            copy.size_bytes = size = await self._predicted_size(record)
+            await self._make_room(model_id, size)
+        except BaseException:
+            self.copies.pop(model_id, None)
+            raise
         self.lru.add(model_id, size, self._clock(), loading=True)
-        copy = LocalCopy(model_id, CopyState.LOADING, self._clock(), size)
-        self.copies[model_id] = copy
         self._publish(model_id, DesiredCopy(CopyState.LOADING, copy.since_ms))
         try:
             async with self._load_slots:
@@ -173,6 +186,10 @@ class ModelLoader:
             )
             await self._abandon(model_id, error)
             raise error
+        if model_id in self._unregistered:
+            self._unregistered.discard(model_id)
+            await self._abandon(model_id, asyncio.CancelledError())
+            raise ModelNotFound(f"model {model_id!r} was unregistered while it loaded")
         copy.state, copy.since_ms, copy.size_bytes = CopyState.LOADED, self._clock(), measured
         self.failures.pop(model_id, None)
         self.load_count += 1
@@ -286,7 +303,9 @@ class ModelLoader:
     def forget(self, model_id: str) -> None:
         """The model was unregistered: drop its failure and unload it in the background."""
         self.failures.pop(model_id, None)
-        if model_id in self.copies and self.copies[model_id].state is CopyState.LOADED:
+        if model_id in self._loads:
+            self._unregistered.add(model_id)  # unloaded as soon as its load lands
+        elif model_id in self.copies and self.copies[model_id].state is CopyState.LOADED:
             asyncio.create_task(self.unload(model_id), name=f"unregister-{model_id}")
 
     async def unload_all(self) -> None:

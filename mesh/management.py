@@ -97,7 +97,6 @@ class Management:
             task = asyncio.create_task(work)
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-            await asyncio.sleep(0)  # let the load register as LOADING before we report
 
     async def _quiet_load(self, record: ModelRecord) -> None:
         try:

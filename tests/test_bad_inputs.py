@@ -105,6 +105,7 @@ def test_tensors_that_do_not_fit_the_model_are_invalid_argument(mesh):
 def test_model_larger_than_capacity_is_resource_exhausted(mesh, loop_thread):
     client = triton.InferenceServerClient(mesh.address)
     client.infer("add", [_add_input()])  # something loaded, to check nothing is evicted for nothing
+    loop_thread.run(mesh.recorder.flush())  # its copy state is written asynchronously
     before = registry_snapshot(loop_thread, mesh)
     inp = triton.InferInput("x", [1, 256], "FP32")
     inp.set_data_from_numpy(np.zeros((1, 256), np.float32))
