@@ -34,7 +34,7 @@ class AdapterProcess:
         ]
         if self.capacity_bytes:
             cmd += ["--capacity-bytes", str(self.capacity_bytes)]
-        self._proc = subprocess.Popen(cmd)
+        self._proc = subprocess.Popen(cmd, start_new_session=True)  # stopped by us, not by Ctrl-C
         deadline = time.monotonic() + timeout_s
         while not self.socket_path.exists():
             if self._proc.poll() is not None:

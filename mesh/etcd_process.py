@@ -73,7 +73,9 @@ class EtcdProcess:
             "--initial-cluster", f"mmesh={peer}",
             "--log-level", "error",
         ]
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # own session: a terminal Ctrl-C reaches only our parent, which stops
+        # etcd after the sidecar has written its last records
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         self._wait_healthy(timeout_s)
         return self
 
