@@ -56,6 +56,9 @@ class InferenceFrontend(v2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: v2.ModelInferRequest, context) -> v2.ModelInferResponse:
         async def work() -> v2.ModelInferResponse:
             model_id = resolve_model_id(request.model_name, _headers(context))
-            return await self.dataplane.infer(model_id, request)
+            self.metrics.request_size.observe(request.ByteSize())
+            response = await self.dataplane.infer(model_id, request)
+            self.metrics.response_size.observe(response.ByteSize())
+            return response
 
         return await serve_call(context, self.metrics, "ModelInfer", work())

@@ -81,6 +81,9 @@ def test_fifty_concurrent_first_requests_share_one_load(start_sidecar, loop_thre
     assert sidecar.loader.load_count == 1
     assert metric(metrics_port, "modelmesh_loadmodel_milliseconds_count") == 1
     assert metric(metrics_port, "modelmesh_cache_miss_milliseconds_count") == 50
+    assert metric(metrics_port, "modelmesh_request_size_bytes_count") == 50
+    assert metric(metrics_port, "modelmesh_response_size_bytes_count") == 50
+    assert metric(metrics_port, "modelmesh_response_size_bytes_sum") >= 50 * 64 * 4  # 64 FP32 out each
     if runtime_mode == "inprocess":
         assert sidecar.runtime.repository.load_count == 1
     info = status(sidecar.address, "dense-0")
