@@ -280,14 +280,16 @@ class ModelLoader:
         copy = self.copies.get(model_id)
         if copy is None or copy.state is not CopyState.LOADED:
             return
+        # take it out of service now, in this same step, so that no load that
+        # starts before the unload task runs can be confused with this copy
+        del self.copies[model_id]
+        self.lru.pin(model_id, True)
         task = asyncio.create_task(self._unload(model_id), name=f"unload-{model_id}")
         self._unloads[model_id] = task
         task.add_done_callback(lambda t, m=model_id: self._unloads.pop(m, None))
         await asyncio.shield(task)
 
     async def _unload(self, model_id: str) -> None:
-        del self.copies[model_id]
-        self.lru.pin(model_id, True)
         started = time.perf_counter()
         try:
             await self.runtime.unload(model_id)
