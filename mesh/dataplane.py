@@ -7,6 +7,7 @@ one place per protocol.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 
 from mesh.copy_recorder import CopyState
@@ -43,9 +44,11 @@ def resolve_model_id(model_name: str, headers: Mapping[str, str | bytes]) -> str
     return model_name
 
 
-def _validate_inputs(request: v2.ModelInferRequest) -> None:
+async def _validate_inputs(request: v2.ModelInferRequest) -> None:
+    """Decode once before a load is spent on a malformed request; on a worker
+    thread, since typed contents are copied and may be large."""
     try:
-        decode_inputs(request)
+        await asyncio.to_thread(decode_inputs, request)
     except TensorCodecError as exc:
         raise InvalidInput(str(exc)) from exc
 

@@ -149,6 +149,13 @@ class ModelLoader:
 
     async def _load(self, record: ModelRecord) -> LocalCopy:
         model_id = record.model_id
+        try:
+            return await self._load_once(record)
+        finally:
+            self._unregistered.discard(model_id)
+
+    async def _load_once(self, record: ModelRecord) -> LocalCopy:
+        model_id = record.model_id
         pending_unload = self._unloads.get(model_id)
         if pending_unload is not None:
             await asyncio.shield(pending_unload)
@@ -174,30 +181,32 @@ class ModelLoader:
                     self.config.load_timeout_s,
                 )
         except BaseException as exc:
-            await self._abandon(model_id, exc)
+            await self._undo_failed_load(model_id, exc)
             raise self._load_error(model_id, exc) from exc
         measured = response.sizeInBytes or size
-        self.lru.resize(model_id, measured)
-        self.lru.mark_loaded(model_id)
         if measured > self.lru.capacity_bytes:
             error = CapacityExhausted(
                 f"model {model_id!r} takes {measured} bytes once loaded, more than this instance's "
                 f"capacity of {self.lru.capacity_bytes}"
             )
-            await self._abandon(model_id, error)
+            await self._drop(model_id, unload=True)
+            self._record_failure(model_id, error.message)
             raise error
         if model_id in self._unregistered:
-            self._unregistered.discard(model_id)
-            await self._abandon(model_id, asyncio.CancelledError())
+            await self._drop(model_id, unload=True)
+            self._publish(model_id, DesiredCopy(None, self._clock()))
             raise ModelNotFound(f"model {model_id!r} was unregistered while it loaded")
+        self.lru.resize(model_id, measured)
+        self.lru.mark_loaded(model_id)
         copy.state, copy.since_ms, copy.size_bytes = CopyState.LOADED, self._clock(), measured
         self.failures.pop(model_id, None)
         self.load_count += 1
         self._publish(model_id, DesiredCopy(CopyState.LOADED, copy.since_ms, measured))
-        self._metrics.load_ms.observe((time.perf_counter() - started) * 1e3)
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+        self._metrics.load_ms.observe(elapsed_ms)
         self._metrics.loaded_model_size.observe(measured)
         self._update_gauges()
-        log.info("loaded %s: %d bytes in %.1f ms", model_id, measured, (time.perf_counter() - started) * 1e3)
+        log.info("loaded %s: %d bytes in %.1f ms", model_id, measured, elapsed_ms)
         if self.lru.over_capacity_bytes:
             await self._shed_excess()
         return copy
@@ -205,28 +214,37 @@ class ModelLoader:
     def _load_error(self, model_id: str, exc: BaseException) -> BaseException:
         if isinstance(exc, asyncio.TimeoutError):
             return DeadlineExceeded(f"model {model_id!r} did not load within {self.config.load_timeout_s}s")
-        if isinstance(exc, (RuntimeUnavailable, CapacityExhausted, asyncio.CancelledError)):
+        if isinstance(exc, (RuntimeUnavailable, asyncio.CancelledError)):
             return exc
         if isinstance(exc, MeshError):
             return ModelLoadFailed(f"model {model_id!r} failed to load: {exc.message}")
         return ModelLoadFailed(f"model {model_id!r} failed to load: {exc!r}")
 
-    async def _abandon(self, model_id: str, exc: BaseException) -> None:
-        """Undo a load that did not succeed, and remember why (except when the
-        runtime was unreachable: that is no fault of the model)."""
+    async def _undo_failed_load(self, model_id: str, exc: BaseException) -> None:
+        """A load that raised: free its reservation and remember why, except
+        when the runtime was unreachable or we were cancelled (no fault of
+        the model). A timed-out or cancelled load may still land in the
+        runtime, so it is unloaded, as the SPI contract asks."""
+        await self._drop(model_id, unload=isinstance(exc, (asyncio.TimeoutError, asyncio.CancelledError)))
+        if isinstance(exc, (RuntimeUnavailable, asyncio.CancelledError)):
+            self._publish(model_id, DesiredCopy(None, self._clock()))
+        else:
+            self._record_failure(model_id, exc.message if isinstance(exc, MeshError) else str(exc) or repr(exc))
+
+    async def _drop(self, model_id: str, *, unload: bool) -> None:
+        """Forget a copy that never served: its reservation goes at once, and
+        the runtime is told to unload it when it may hold it."""
         if model_id in self.lru:
             self.lru.remove(model_id)
         self.copies.pop(model_id, None)
         self._signal_space()
-        if isinstance(exc, (asyncio.TimeoutError, asyncio.CancelledError, CapacityExhausted)):
-            try:  # the SPI contract: a cancelled load is followed by an unload
+        if unload:
+            try:
                 await self.runtime.unload(model_id)
             except MeshError as unload_error:
                 log.warning("unload after abandoned load of %s failed: %s", model_id, unload_error)
-        if isinstance(exc, (RuntimeUnavailable, asyncio.CancelledError)):
-            self._publish(model_id, DesiredCopy(None, self._clock()))
-            return
-        message = exc.message if isinstance(exc, MeshError) else str(exc) or repr(exc)
+
+    def _record_failure(self, model_id: str, message: str) -> None:
         failure = LocalCopy(model_id, CopyState.FAILED, self._clock(), error=message)
         self.failures[model_id] = failure
         self._metrics.load_failures.inc()

@@ -47,7 +47,7 @@ class Router:
         self,
         model_id: str,
         call: Callable[[LocalCopy], Awaitable[T]],
-        before_load: Callable[[], None] | None = None,
+        before_load: Callable[[], Awaitable[None]] | None = None,
     ) -> T:
         """Run `call` against a loaded copy, loading one on a miss.
         `before_load` runs once on a miss, before any load starts (cheap input
@@ -60,10 +60,10 @@ class Router:
         finally:
             self.loader.release(model_id)
 
-    async def _miss(self, model_id: str, before_load: Callable[[], None] | None) -> LocalCopy:
+    async def _miss(self, model_id: str, before_load: Callable[[], Awaitable[None]] | None) -> LocalCopy:
         record = await self.record(model_id)
         if before_load is not None:
-            before_load()
+            await before_load()
         started = time.perf_counter()
         self.metrics.waiting_for_load.inc()
         try:

@@ -9,6 +9,7 @@ sidecars updating one record therefore never lose each other's change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -156,18 +157,10 @@ class RegistryStore:
             await watch.cancel()
 
 
-class _unavailable_on_error:
+@contextlib.asynccontextmanager
+async def _unavailable_on_error(doing: str) -> AsyncIterator[None]:
     """Turns etcd client failures into RegistryUnavailable (gRPC UNAVAILABLE)."""
-
-    def __init__(self, doing: str) -> None:
-        self.doing = doing
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, exc_type, exc, tb) -> bool:
-        if exc is None or isinstance(exc, asyncio.CancelledError):
-            return False
-        if isinstance(exc, (etcd_errors.ClientError, OSError, asyncio.TimeoutError)):
-            raise RegistryUnavailable(f"could not {self.doing}: etcd is unreachable ({exc})") from exc
-        return False
+    try:
+        yield
+    except (etcd_errors.ClientError, OSError, asyncio.TimeoutError) as exc:
+        raise RegistryUnavailable(f"could not {doing}: etcd is unreachable ({exc})") from exc

@@ -9,10 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
 
 from mesh.etcd_process import free_port
 from runtime_adapter.runtimes.onnx import SESSION_OVERHEAD_BYTES
-from tests.helpers import metric, register, status, status_name
+from protos import model_mesh_pb2 as mm
+from tests.helpers import management, metric, register, status, status_name
 
 
 def dense_size(models_dir, i: int) -> int:
@@ -107,3 +109,31 @@ def test_copy_state_reaches_the_registry(start_sidecar, loop_thread, models_dir)
     assert set(record.instances) == {sidecar.settings.instance_id}
     assert not record.loading and not record.failures
     assert record.size_bytes == dense_size(models_dir, 3)
+
+
+def test_unregistered_while_loading_is_unloaded_not_leaked(start_sidecar, loop_thread, models_dir):
+    metrics_port = free_port()
+    sidecar = start_sidecar(metrics_port=metrics_port)
+    register(sidecar.address, "dense-4", models_dir / "dense-4")
+    client = triton.InferenceServerClient(sidecar.address)
+    slots = sidecar.loader.config.max_loading_concurrency
+    for _ in range(slots):
+        loop_thread.run(sidecar.loader._load_slots.acquire())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(infer_dense, client, "dense-4")
+        deadline = time.monotonic() + 30
+        while metric(metrics_port, "mmesh_requests_waiting_for_load") < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        management(sidecar.address).unregisterModel(mm.UnregisterModelRequest(modelId="dense-4"), timeout=30)
+        for _ in range(slots):
+            loop_thread.loop.call_soon_threadsafe(sidecar.loader._load_slots.release)
+        with pytest.raises(InferenceServerException) as err:
+            pending.result(timeout=60)
+    assert err.value.status() == "StatusCode.NOT_FOUND"
+    assert "dense-4" not in sidecar.runtime.repository.loaded_ids()
+    assert sidecar.loader.lru.used_bytes == 0
+    # registered again, it loads and serves normally
+    register(sidecar.address, "dense-4", models_dir / "dense-4")
+    assert infer_dense(client, "dense-4").shape == (1, 64)
+    assert status_name(sidecar.address, "dense-4") == "LOADED"

@@ -12,6 +12,7 @@ from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
+from protos.tensor_codec import datatype_of
 from runtime_adapter.errors import AdapterError
 
 
@@ -86,8 +87,6 @@ def check_inputs(
 ) -> None:
     """Reject unknown or missing inputs and wrong datatypes/ranks with INVALID_ARGUMENT
     before the runtime sees them, so clients get a message naming the tensor."""
-    from protos.tensor_codec import datatype_of
-
     by_name = {spec.name: spec for spec in specs}
     for name, array in inputs.items():
         spec = by_name.get(name)
