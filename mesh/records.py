@@ -26,6 +26,10 @@ class ModelRecord:
     refs: int = 0
     mod_revision: int = 0  # etcd's, not stored in the value
 
+    @property
+    def record_id(self) -> str:
+        return self.model_id
+
     def same_definition(self, other: "ModelRecord") -> bool:
         """ModelMesh rejects re-registration with different type/path/key."""
         return (self.type, self.path, self.key) == (other.type, other.path, other.key)

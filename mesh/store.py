@@ -1,5 +1,7 @@
-"""etcd access for the registry: create, compare-and-swap update, delete,
-list and watch of model records under `<prefix>/registry/`.
+"""etcd tables: records of one kind under `<prefix>/<table>/<id>` with create,
+compare-and-swap update, put (optionally under a lease), delete, list and
+watch. The registry (`registry/`), the instance table (`instances/`) and the
+vModel table (`vmodels/`) are all such tables.
 
 Writes are optimistic: read the record with its mod_revision, change a copy,
 commit only if nobody wrote in between, else retry on the fresh value. Two
@@ -13,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 import aetcd
 from aetcd import exceptions as etcd_errors
@@ -26,12 +29,28 @@ CAS_RETRIES = 50
 ETCD_CALL_TIMEOUT_S = 5
 
 
+class Record(Protocol):
+    """What a table stores: JSON with its id in the key, plus etcd's mod_revision."""
+
+    mod_revision: int
+
+    @property
+    def record_id(self) -> str: ...
+
+    def to_json(self) -> bytes: ...
+
+    def copy(self) -> "Record": ...
+
+
+R = TypeVar("R", bound=Record)
+
+
 @dataclass(frozen=True)
-class RegistryEvent:
+class TableEvent(Generic[R]):
     """A change seen on the watch: `record` is None for a deletion."""
 
-    model_id: str
-    record: ModelRecord | None
+    record_id: str
+    record: R | None
     revision: int
 
 
@@ -41,37 +60,58 @@ def _parse_endpoint(endpoints: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port or 2379)
 
 
-class RegistryStore:
-    def __init__(self, endpoints: str, prefix: str) -> None:
-        host, port = _parse_endpoint(endpoints)
-        self._client = aetcd.Client(host=host, port=port, timeout=ETCD_CALL_TIMEOUT_S)
+def connect_client(endpoints: str) -> aetcd.Client:
+    """An etcd client for the first endpoint (calls time out rather than hang)."""
+    host, port = _parse_endpoint(endpoints)
+    return aetcd.Client(host=host, port=port, timeout=ETCD_CALL_TIMEOUT_S)
+
+
+class EtcdTable(Generic[R]):
+    def __init__(
+        self,
+        client: aetcd.Client,
+        prefix: str,
+        table: str,
+        decode: Callable[[str, bytes, int], R],
+        *,
+        owns_client: bool = False,
+    ) -> None:
+        self._client = client
+        self._owns_client = owns_client
         self.prefix = prefix.rstrip("/")
-        self._registry = f"{self.prefix}/registry/".encode()
+        self.table = table
+        self._decode = decode
+        self._root = f"{self.prefix}/{table}/".encode()
+
+    @property
+    def client(self) -> aetcd.Client:
+        return self._client
 
     async def connect(self) -> None:
         await self._client.connect()
 
     async def close(self) -> None:
-        await self._client.close()
+        if self._owns_client:
+            await self._client.close()
 
-    def _key(self, model_id: str) -> bytes:
-        return self._registry + model_id.encode()
+    def key(self, record_id: str) -> bytes:
+        return self._root + record_id.encode()
 
     def _id_of(self, key: bytes) -> str:
-        return key[len(self._registry):].decode()
+        return key[len(self._root):].decode()
 
-    async def get(self, model_id: str) -> ModelRecord | None:
-        async with _unavailable_on_error("read a model record"):
-            got = await self._client.get(self._key(model_id))
+    async def get(self, record_id: str) -> R | None:
+        async with _unavailable_on_error(f"read {self.table}/{record_id}"):
+            got = await self._client.get(self.key(record_id))
         if got is None:
             return None
-        return ModelRecord.from_json(model_id, got.value, got.mod_revision)
+        return self._decode(record_id, got.value, got.mod_revision)
 
-    async def create(self, record: ModelRecord) -> tuple[bool, ModelRecord]:
+    async def create(self, record: R) -> tuple[bool, R]:
         """Put the record if its id is free. Returns (created, stored record)."""
-        key = self._key(record.model_id)
+        key = self.key(record.record_id)
         tx = self._client.transactions
-        async with _unavailable_on_error("register a model"):
+        async with _unavailable_on_error(f"create {self.table}/{record.record_id}"):
             ok, responses = await self._client.transaction(
                 compare=[tx.version(key) == 0],
                 success=[tx.put(key, record.to_json())],
@@ -82,30 +122,38 @@ class RegistryStore:
             stored.mod_revision = responses[0].response_put.header.revision
             return True, stored
         (value, meta), = responses[0]
-        return False, ModelRecord.from_json(record.model_id, value, meta.mod_revision)
+        return False, self._decode(record.record_id, value, meta.mod_revision)
+
+    async def put(self, record: R, lease: object | None = None) -> R:
+        """Unconditional write (instance records: only their owner writes them)."""
+        async with _unavailable_on_error(f"write {self.table}/{record.record_id}"):
+            response = await self._client.put(self.key(record.record_id), record.to_json(), lease=lease)
+        stored = record.copy()
+        stored.mod_revision = response.header.revision
+        return stored
 
     async def update(
         self,
-        model_id: str,
-        mutate: Callable[[ModelRecord], ModelRecord | None],
-        current: ModelRecord | None = None,
-    ) -> ModelRecord | None:
+        record_id: str,
+        mutate: Callable[[R], R | None],
+        current: R | None = None,
+    ) -> R | None:
         """Apply `mutate` (given a private copy; returns the new record, or None
         for "no change") by CAS. Starts from `current` when the caller has a
         recent one (saves a read), re-reads on conflict. Returns the stored
-        record, or None when the model does not exist."""
-        key = self._key(model_id)
+        record, or None when it does not exist."""
+        key = self.key(record_id)
         tx = self._client.transactions
         record = current
         for _ in range(CAS_RETRIES):
             if record is None:
-                record = await self.get(model_id)
+                record = await self.get(record_id)
                 if record is None:
                     return None
             changed = mutate(record.copy())
             if changed is None:
                 return record
-            async with _unavailable_on_error("update a model record"):
+            async with _unavailable_on_error(f"update {self.table}/{record_id}"):
                 ok, responses = await self._client.transaction(
                     compare=[tx.mod(key) == record.mod_revision],
                     success=[tx.put(key, changed.to_json())],
@@ -117,14 +165,14 @@ class RegistryStore:
             if not responses[0]:
                 return None  # deleted meanwhile
             (value, meta), = responses[0]
-            record = ModelRecord.from_json(model_id, value, meta.mod_revision)
-        raise RegistryUnavailable(f"record of {model_id!r} kept changing; gave up after {CAS_RETRIES} tries")
+            record = self._decode(record_id, value, meta.mod_revision)
+        raise RegistryUnavailable(f"{self.table}/{record_id} kept changing; gave up after {CAS_RETRIES} tries")
 
-    async def delete(self, model_id: str) -> int | None:
+    async def delete(self, record_id: str) -> int | None:
         """Delete the record; returns the deletion's revision, None if absent."""
-        key = self._key(model_id)
+        key = self.key(record_id)
         tx = self._client.transactions
-        async with _unavailable_on_error("unregister a model"):
+        async with _unavailable_on_error(f"delete {self.table}/{record_id}"):
             ok, responses = await self._client.transaction(
                 compare=[tx.version(key) > 0], success=[tx.delete(key)], failure=[]
             )
@@ -132,29 +180,37 @@ class RegistryStore:
             return None
         return responses[0].response_delete_range.header.revision
 
-    async def list(self) -> tuple[list[ModelRecord], int]:
+    async def list(self) -> tuple[list[R], int]:
         """All records and the revision they were read at (the watch resumes after it)."""
-        async with _unavailable_on_error("list the registry"):
-            got = await self._client.get_prefix(self._registry)
-        records = [ModelRecord.from_json(self._id_of(kv.key), kv.value, kv.mod_revision) for kv in got.kvs]
+        async with _unavailable_on_error(f"list {self.table}"):
+            got = await self._client.get_prefix(self._root)
+        records = [self._decode(self._id_of(kv.key), kv.value, kv.mod_revision) for kv in got.kvs]
         return records, got.header.revision
 
-    async def watch(self, start_revision: int) -> AsyncIterator[RegistryEvent]:
+    async def watch(self, start_revision: int) -> AsyncIterator[TableEvent[R]]:
         """Registry changes from `start_revision` on. Raises
         `etcd_errors.RevisionCompactedError` when that revision is gone (the
         caller re-lists) and connection errors when etcd goes away."""
-        watch = await self._client.watch_prefix(self._registry, start_revision=start_revision)
+        watch = await self._client.watch_prefix(self._root, start_revision=start_revision)
         try:
             async for event in watch:
-                model_id = self._id_of(event.kv.key)
+                record_id = self._id_of(event.kv.key)
+                revision = event.kv.mod_revision
                 if event.kind == aetcd.EventKind.DELETE:
-                    yield RegistryEvent(model_id, None, event.kv.mod_revision)
+                    yield TableEvent(record_id, None, revision)
                 else:
-                    yield RegistryEvent(
-                        model_id, ModelRecord.from_json(model_id, event.kv.value, event.kv.mod_revision), event.kv.mod_revision
-                    )
+                    yield TableEvent(record_id, self._decode(record_id, event.kv.value, revision), revision)
         finally:
             await watch.cancel()
+
+
+class RegistryStore(EtcdTable[ModelRecord]):
+    """The model registry, `<prefix>/registry/<modelId>`."""
+
+    def __init__(self, endpoints: str | aetcd.Client, prefix: str) -> None:
+        owns = isinstance(endpoints, str)
+        client = connect_client(endpoints) if isinstance(endpoints, str) else endpoints
+        super().__init__(client, prefix, "registry", ModelRecord.from_json, owns_client=owns)
 
 
 @contextlib.asynccontextmanager

@@ -1,4 +1,5 @@
-"""The sidecar's in-memory copy of the registry, fed by an etcd watch.
+"""The sidecar's in-memory copies of etcd tables (registry, instances,
+vModels), each fed by an etcd watch.
 
 The request path reads only this view, never etcd. Our own writes are applied
 at once (read-your-writes for the caller that registered a model), the watch
@@ -13,21 +14,22 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import Generic
 
 from mesh.records import ModelRecord
-from mesh.store import RegistryStore
+from mesh.store import EtcdTable, R
 
 log = logging.getLogger(__name__)
 
 RESYNC_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 
-Listener = Callable[[str, ModelRecord | None], None]
+Listener = Callable[[str, R | None], None]
 
 
-class RegistryView:
-    def __init__(self, store: RegistryStore) -> None:
+class TableView(Generic[R]):
+    def __init__(self, store: EtcdTable[R]) -> None:
         self._store = store
-        self._records: dict[str, ModelRecord] = {}
+        self._records: dict[str, R] = {}
         # deletions applied locally before the watch caught up: (revision, id)
         self._tombstones: dict[str, int] = {}
         self._tombstone_order: deque[tuple[int, str]] = deque()
@@ -39,66 +41,71 @@ class RegistryView:
 
     # ---- reads (hot path) -------------------------------------------------
 
-    def get(self, model_id: str) -> ModelRecord | None:
-        return self._records.get(model_id)
+    def get(self, record_id: str) -> R | None:
+        return self._records.get(record_id)
 
     def __len__(self) -> int:
         return len(self._records)
 
-    def records(self) -> list[ModelRecord]:
+    def records(self) -> list[R]:
         return list(self._records.values())
 
+    def ids(self):
+        """A live view of the ids (no copy)."""
+        return self._records.keys()
+
     def add_listener(self, listener: Listener) -> None:
-        """Called with (model_id, record or None) after every change."""
+        """Called with (record_id, record or None) after every change."""
         self._listeners.append(listener)
 
     # ---- updates ----------------------------------------------------------
 
-    def apply(self, record: ModelRecord) -> None:
+    def apply(self, record: R) -> None:
         """Take `record` unless the view already has the same or a newer one."""
-        current = self._records.get(record.model_id)
+        record_id = record.record_id
+        current = self._records.get(record_id)
         if current is not None and current.mod_revision >= record.mod_revision:
             return
         if current is None and record.mod_revision < self.revision:
             # the watch has passed this put and the view no longer has the
             # record: it was deleted since (its tombstone may be gone already)
             return
-        if self._tombstones.get(record.model_id, -1) >= record.mod_revision:
+        if self._tombstones.get(record_id, -1) >= record.mod_revision:
             return
-        self._records[record.model_id] = record
-        self._notify(record.model_id, record)
+        self._records[record_id] = record
+        self._notify(record_id, record)
 
-    def apply_delete(self, model_id: str, revision: int) -> None:
-        current = self._records.get(model_id)
+    def apply_delete(self, record_id: str, revision: int) -> None:
+        current = self._records.get(record_id)
         if current is not None and current.mod_revision > revision:
             return
-        self._tombstones[model_id] = revision
-        self._tombstone_order.append((revision, model_id))
-        if self._records.pop(model_id, None) is not None:
-            self._notify(model_id, None)
+        self._tombstones[record_id] = revision
+        self._tombstone_order.append((revision, record_id))
+        if self._records.pop(record_id, None) is not None:
+            self._notify(record_id, None)
 
     def _advance(self, revision: int) -> None:
         """The watch has passed `revision`: older tombstones can go."""
         self.revision = max(self.revision, revision)
         order = self._tombstone_order
         while order and order[0][0] <= self.revision:
-            rev, model_id = order.popleft()
-            if self._tombstones.get(model_id) == rev:
-                del self._tombstones[model_id]
+            rev, record_id = order.popleft()
+            if self._tombstones.get(record_id) == rev:
+                del self._tombstones[record_id]
 
-    def _notify(self, model_id: str, record: ModelRecord | None) -> None:
+    def _notify(self, record_id: str, record: R | None) -> None:
         for listener in self._listeners:
             try:
-                listener(model_id, record)
+                listener(record_id, record)
             except Exception:  # a listener bug must not stop the watch
-                log.exception("registry listener failed for %s", model_id)
+                log.exception("%s listener failed for %s", self._store.table, record_id)
 
     # ---- watch loop ---------------------------------------------------------
 
     async def start(self) -> None:
         """Load the registry, then keep it current in the background."""
         await self._resync()
-        self._task = asyncio.create_task(self._run(), name="registry-watch")
+        self._task = asyncio.create_task(self._run(), name=f"{self._store.table}-watch")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -111,9 +118,9 @@ class RegistryView:
 
     async def _resync(self) -> None:
         records, revision = await self._store.list()
-        fresh = {r.model_id: r for r in records}
-        for model_id in [m for m in self._records if m not in fresh]:
-            self.apply_delete(model_id, revision)
+        fresh = {r.record_id: r for r in records}
+        for record_id in [m for m in self._records if m not in fresh]:
+            self.apply_delete(record_id, revision)
         for record in records:
             self.apply(record)
         self._advance(revision)
@@ -128,7 +135,7 @@ class RegistryView:
                     self.resyncs += 1
                 async for event in self._store.watch(self.revision + 1):
                     if event.record is None:
-                        self.apply_delete(event.model_id, event.revision)
+                        self.apply_delete(event.record_id, event.revision)
                     else:
                         self.apply(event.record)
                     self._advance(event.revision)
@@ -138,5 +145,8 @@ class RegistryView:
                 raise
             except Exception as exc:
                 failures += 1
-                log.warning("registry watch interrupted (%s); resyncing", exc)
+                log.warning("%s watch interrupted (%s); resyncing", self._store.table, exc)
             await asyncio.sleep(RESYNC_BACKOFF_S[min(failures, len(RESYNC_BACKOFF_S)) - 1])
+
+
+RegistryView = TableView[ModelRecord]
