@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from mesh.copy_recorder import CopyState
 from mesh.errors import InvalidInput, ModelNotFound
 from mesh.loader import LocalCopy
+from mesh.peers import FORWARDED_HEADER
 from mesh.router import Router
 from protos import grpc_predict_v2_pb2 as v2
 from protos.tensor_codec import TensorCodecError, decode_inputs
@@ -54,22 +55,33 @@ async def _validate_inputs(request: v2.ModelInferRequest) -> None:
 
 
 class DataPlane:
-    def __init__(self, router: Router, request_timeout_s: float) -> None:
+    def __init__(self, router: Router, request_timeout_s: float, instance_id: str = "") -> None:
         self.router = router
         self.runtime = router.loader.runtime
         self.request_timeout_s = request_timeout_s
+        self.instance_id = instance_id
 
-    async def infer(self, model_id: str, request: v2.ModelInferRequest) -> v2.ModelInferResponse:
-        async def call(copy: LocalCopy) -> v2.ModelInferResponse:
+    def _hop_metadata(self, model_id: str) -> tuple[tuple[str, str], ...]:
+        return ((MODEL_ID_HEADER, model_id), (FORWARDED_HEADER, self.instance_id))
+
+    async def infer(
+        self, model_id: str, request: v2.ModelInferRequest, *, forwarded: bool = False
+    ) -> v2.ModelInferResponse:
+        async def local(copy: LocalCopy) -> v2.ModelInferResponse:
             return await self.runtime.infer(model_id, request, self.request_timeout_s)
 
-        return await self.router.with_copy(model_id, call, before_load=lambda: _validate_inputs(request))
+        async def remote(stub) -> v2.ModelInferResponse:
+            return await stub.ModelInfer(request, metadata=self._hop_metadata(model_id), timeout=self.request_timeout_s)
 
-    async def metadata(self, model_id: str, name: str) -> v2.ModelMetadataResponse:
+        return await self.router.route(
+            model_id, local, remote, forwarded=forwarded, before_load=lambda: _validate_inputs(request)
+        )
+
+    async def metadata(self, model_id: str, name: str, *, forwarded: bool = False) -> v2.ModelMetadataResponse:
         """Loads the model if needed (its signature comes from the runtime) and
         keeps the answer with the copy, so repeat calls cost nothing."""
 
-        async def call(copy: LocalCopy) -> v2.ModelMetadataResponse:
+        async def local(copy: LocalCopy) -> v2.ModelMetadataResponse:
             if copy.metadata is None:
                 copy.metadata = await self.runtime.metadata(model_id, model_id)
             response = v2.ModelMetadataResponse()
@@ -77,7 +89,11 @@ class DataPlane:
             response.name = name or model_id
             return response
 
-        return await self.router.with_copy(model_id, call)
+        async def remote(stub) -> v2.ModelMetadataResponse:
+            request = v2.ModelMetadataRequest(name=name or model_id)
+            return await stub.ModelMetadata(request, metadata=self._hop_metadata(model_id), timeout=self.request_timeout_s)
+
+        return await self.router.route(model_id, local, remote, forwarded=forwarded)
 
     async def model_ready(self, model_id: str) -> bool:
         """Ready = servable now or on demand: registered and not in a failure

@@ -9,6 +9,7 @@ import grpc
 from mesh.dataplane import DataPlane, resolve_model_id
 from mesh.grpc_errors import serve_call
 from mesh.metrics import MeshMetrics
+from mesh.peers import FORWARDED_HEADER
 from protos import grpc_predict_v2_pb2 as v2
 from protos import grpc_predict_v2_pb2_grpc as v2_grpc
 
@@ -48,16 +49,18 @@ class InferenceFrontend(v2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: v2.ModelMetadataRequest, context) -> v2.ModelMetadataResponse:
         async def work() -> v2.ModelMetadataResponse:
-            model_id = resolve_model_id(request.name, _headers(context))
-            return await self.dataplane.metadata(model_id, request.name or model_id)
+            headers = _headers(context)
+            model_id = resolve_model_id(request.name, headers)
+            return await self.dataplane.metadata(model_id, request.name or model_id, forwarded=FORWARDED_HEADER in headers)
 
         return await serve_call(context, self.metrics, "ModelMetadata", work())
 
     async def ModelInfer(self, request: v2.ModelInferRequest, context) -> v2.ModelInferResponse:
         async def work() -> v2.ModelInferResponse:
-            model_id = resolve_model_id(request.model_name, _headers(context))
+            headers = _headers(context)
+            model_id = resolve_model_id(request.model_name, headers)
             self.metrics.request_size.observe(request.ByteSize())
-            response = await self.dataplane.infer(model_id, request)
+            response = await self.dataplane.infer(model_id, request, forwarded=FORWARDED_HEADER in headers)
             self.metrics.response_size.observe(response.ByteSize())
             return response
 

@@ -28,7 +28,7 @@ from mesh.errors import (
 from mesh.metrics import MeshMetrics
 from mesh.records import ModelRecord
 from mesh.runtime_client import RuntimeClient
-from placement import Admission, SizeAwareLRU, in_backoff
+from placement import Admission, InstanceState, SizeAwareLRU, in_backoff
 from protos import grpc_predict_v2_pb2 as v2
 from protos import model_runtime_pb2 as spi
 
@@ -78,6 +78,7 @@ class ModelLoader:
         self._load_slots = asyncio.Semaphore(config.max_loading_concurrency)
         self._space_freed = asyncio.Event()
         self.load_count = 0
+        self.on_change: Callable[[], None] = lambda: None  # e.g. republish the instance record
         metrics.instance_capacity.set(config.capacity_bytes)
 
     # ---- hot path -----------------------------------------------------------
@@ -169,6 +170,7 @@ class ModelLoader:
             raise
         self.lru.add(model_id, size, self._clock(), loading=True)
         self._publish(model_id, DesiredCopy(CopyState.LOADING, copy.since_ms))
+        self.on_change()
         try:
             async with self._load_slots:
                 response = await asyncio.wait_for(
@@ -333,6 +335,21 @@ class ModelLoader:
 
     # ---- bookkeeping ----------------------------------------------------------
 
+    @property
+    def loading_count(self) -> int:
+        return len(self._loads)
+
+    def instance_state(self, instance_id: str) -> InstanceState:
+        """This instance as placement sees it, from live (not published) state."""
+        return InstanceState(
+            instance_id=instance_id,
+            capacity_bytes=self.lru.capacity_bytes,
+            used_bytes=self.lru.used_bytes,
+            lru_ms=self.lru.lru_ms(),
+            model_count=len(self.lru),
+            loading_count=self.loading_count,
+        )
+
     def _signal_space(self) -> None:
         self._space_freed.set()
 
@@ -341,5 +358,6 @@ class ModelLoader:
             self._recorder.set(model_id, want)
 
     def _update_gauges(self) -> None:
+        self.on_change()
         self._metrics.instance_used.set(self.lru.used_bytes)
         self._metrics.models_loaded.set(sum(1 for c in self.copies.values() if c.state is CopyState.LOADED))

@@ -1,4 +1,5 @@
-"""The registry record of one model, as stored in etcd at `<prefix>/registry/<id>`.
+"""Records stored in etcd: a model's registry record at `<prefix>/registry/<id>`
+and an instance's record at `<prefix>/instances/<id>`.
 
 JSON with short keys (tens of thousands of records live in every sidecar's
 view, so bytes count). Copy state is explicit — `loading` and `instances` are
@@ -79,3 +80,52 @@ class ModelRecord:
             loading=dict(self.loading),
             failures=dict(self.failures),
         )
+
+
+@dataclass(slots=True)
+class InstanceRecord:
+    """One sidecar, at `<prefix>/instances/<id>`, written under its session
+    lease: when the sidecar dies the lease expires and the record vanishes
+    from every view. Placement reads capacity, use and LRU age from here."""
+
+    instance_id: str
+    endpoint: str
+    zone: str = ""
+    labels: tuple[str, ...] = ()
+    capacity_bytes: int = 0
+    used_bytes: int = 0
+    lru_ms: int = 0  # last use of its least recently used model; 0 = empty
+    count: int = 0  # models loaded
+    loading: int = 0  # loads in progress
+    req_rate: float = 0.0  # requests per second, recent
+    start_ms: int = 0
+    shutting_down: bool = False
+    mod_revision: int = 0
+
+    @property
+    def record_id(self) -> str:
+        return self.instance_id
+
+    def same_state(self, other: "InstanceRecord") -> bool:
+        return replace(self, mod_revision=0) == replace(other, mod_revision=0)
+
+    def to_json(self) -> bytes:
+        doc = {
+            "e": self.endpoint, "z": self.zone, "lb": list(self.labels), "c": self.capacity_bytes,
+            "u": self.used_bytes, "lru": self.lru_ms, "n": self.count, "l": self.loading,
+            "r": round(self.req_rate, 3), "st": self.start_ms, "sd": self.shutting_down,
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, instance_id: str, data: bytes, mod_revision: int = 0) -> "InstanceRecord":
+        doc = json.loads(data)
+        return cls(
+            instance_id=instance_id, endpoint=doc["e"], zone=doc.get("z", ""), labels=tuple(doc.get("lb", ())),
+            capacity_bytes=doc.get("c", 0), used_bytes=doc.get("u", 0), lru_ms=doc.get("lru", 0),
+            count=doc.get("n", 0), loading=doc.get("l", 0), req_rate=doc.get("r", 0.0),
+            start_ms=doc.get("st", 0), shutting_down=doc.get("sd", False), mod_revision=mod_revision,
+        )
+
+    def copy(self) -> "InstanceRecord":
+        return replace(self)

@@ -1,35 +1,71 @@
-"""Finds a copy of a model to serve a request: a local hit, or a load here on
-a miss. (Forwarding to a copy on a peer joins here with the distributed mesh.)
+"""Finds a copy of a model to serve a request: a local hit; else a copy on a
+peer (loaded first, then loading); else a new copy where placement says —
+here or on a peer, which then loads it.
 
 The hit path touches only in-memory state: the loader's copy table and LRU.
+A miss reads the registry and instance views (memory, fed by watches); etcd
+is read only for a model the view has never heard of. Forwarded requests
+carry `mm-forwarded` and are served where they land, so a request makes at
+most one extra hop.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from mesh.errors import CapacityExhausted, ModelNotFound
+from mesh.clock import now_ms
+from mesh.errors import CapacityExhausted, MeshError, ModelLoadFailed, ModelNotFound, RuntimeUnavailable
 from mesh.loader import LocalCopy, ModelLoader
 from mesh.metrics import MeshMetrics
-from mesh.records import ModelRecord
+from mesh.peers import Peers
+from mesh.records import InstanceRecord, ModelRecord
 from mesh.store import RegistryStore
-from mesh.views import RegistryView
+from mesh.views import RegistryView, TableView
+from placement import InstanceState, choose_load_target, in_backoff, pick_copy
+from protos import grpc_predict_v2_pb2_grpc as v2_grpc
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # A load can finish and be evicted again before the waiting request runs when
 # the cache is thrashing; a few re-tries then give up with RESOURCE_EXHAUSTED.
 MISS_ATTEMPTS = 3
+# Targets tried for one request (copies or load places) before UNAVAILABLE.
+ROUTE_ATTEMPTS = 3
+# Statuses from a peer after which another target may succeed.
+RETRY_ELSEWHERE = (RuntimeUnavailable, CapacityExhausted)
+
+Remote = Callable[[v2_grpc.GRPCInferenceServiceStub], Awaitable[T]]
 
 
 class Router:
-    def __init__(self, view: RegistryView, store: RegistryStore, loader: ModelLoader, metrics: MeshMetrics) -> None:
+    def __init__(
+        self,
+        view: RegistryView,
+        store: RegistryStore,
+        loader: ModelLoader,
+        metrics: MeshMetrics,
+        *,
+        instance_id: str = "",
+        instances: TableView[InstanceRecord] | None = None,
+        peers: Peers | None = None,
+        failure_backoff_ms: int = 30_000,
+        rng: random.Random | None = None,
+    ) -> None:
         self.view = view
         self.store = store
         self.loader = loader
         self.metrics = metrics
+        self.instance_id = instance_id
+        self.instances = instances
+        self.peers = peers
+        self.failure_backoff_ms = failure_backoff_ms
+        self.rng = rng or random.Random()
+        self.requests = 0  # for the instance record's request rate
 
     async def record(self, model_id: str) -> ModelRecord:
         """The registry record, from the view; a strong read only when the view
@@ -43,24 +79,110 @@ class Router:
             self.view.apply(record)
         return record
 
-    async def with_copy(
+    async def route(
         self,
         model_id: str,
-        call: Callable[[LocalCopy], Awaitable[T]],
+        local: Callable[[LocalCopy], Awaitable[T]],
+        remote: Remote[T] | None = None,
+        *,
+        forwarded: bool = False,
         before_load: Callable[[], Awaitable[None]] | None = None,
     ) -> T:
-        """Run `call` against a loaded copy, loading one on a miss.
-        `before_load` runs once on a miss, before any load starts (cheap input
-        validation, so a malformed request never costs a model load)."""
+        """Run `local` against a copy here or `remote` against a peer's stub.
+        `before_load` runs once before any load is started or asked for (cheap
+        input validation, so a malformed request never costs a model load)."""
+        self.requests += 1
         copy = self.loader.try_acquire(model_id)
-        if copy is None:
-            copy = await self._miss(model_id, before_load)
+        if copy is not None:
+            return await self._serve(model_id, copy, local)
+        if forwarded or remote is None or self.peers is None or model_id in self.loader.copies:
+            # served here: a hop already happened, or a load here is under way
+            return await self._serve(model_id, await self._miss(model_id, before_load), local)
+        record = await self.record(model_id)
+        if before_load is not None:
+            await before_load()
+            before_load = None
+        tried: set[str] = set()
+        last: MeshError | None = None
+        for _ in range(ROUTE_ATTEMPTS):
+            target = self._target(record, tried)
+            if target is None:
+                break
+            if target == self.instance_id:
+                return await self._serve(model_id, await self._miss(model_id, None), local)
+            try:
+                return await self.peers.call(target, remote)
+            except RETRY_ELSEWHERE as exc:
+                log.info("request for %s failed on %s (%s); trying elsewhere", model_id, target, exc.message)
+                tried.add(target)
+                last = exc
+                record = self.view.get(model_id) or record
+        if last is not None:
+            raise RuntimeUnavailable(f"model {model_id!r}: no copy could serve after {len(tried)} attempts; last: {last.message}")
+        failures = self._recent_failures(record)
+        if failures:
+            where, (at, message) = max(failures.items(), key=lambda item: item[1][0])
+            raise ModelLoadFailed(
+                f"model {model_id!r} failed to load on {sorted(failures)} and is in back-off; "
+                f"last error ({where}, {now_ms() - at} ms ago): {message}"
+            )
+        raise CapacityExhausted(f"model {model_id!r}: no instance can take it (capacity or labels)")
+
+    def _recent_failures(self, record: ModelRecord) -> dict[str, tuple[int, str]]:
+        now = now_ms()
+        failures = {i: f for i, f in record.failures.items() if in_backoff(f[0], now, self.failure_backoff_ms)}
+        local = self.loader.failure_of(record.model_id)
+        if local is not None:  # fresher than the record, which is written asynchronously
+            failures[self.instance_id] = (local.since_ms, local.error)
+        return failures
+
+    def _target(self, record: ModelRecord, tried: set[str]) -> str | None:
+        """A loaded copy (fewer in-flight of two random ones), else a loading
+        copy (its load is shared), else where placement puts a new copy."""
+        live = self.instances.ids() if self.instances is not None else ()
+        loaded = [i for i in record.instances if i in live and i not in tried]
+        if loaded:
+            return pick_copy([(i, self.peers.in_flight[i]) for i in loaded], self.rng)
+        loading = [i for i in record.loading if i in live and i not in tried]
+        if loading:
+            return pick_copy([(i, self.peers.in_flight[i]) for i in loading], self.rng)
+        exclude = set(tried) | set(self._recent_failures(record))
+        size = record.size_bytes or self.loader.config.default_model_size_bytes
+        return choose_load_target(size, self._instance_states(), receiving_id=self.instance_id, exclude=exclude)
+
+    def _instance_states(self) -> list[InstanceState]:
+        """Peers as their records say; this instance as its loader says now."""
+        states = [self.loader.instance_state(self.instance_id)]
+        if self.instances is not None:
+            for rec in self.instances.records():
+                if rec.instance_id == self.instance_id:
+                    continue
+                states.append(
+                    InstanceState(
+                        instance_id=rec.instance_id,
+                        capacity_bytes=rec.capacity_bytes,
+                        used_bytes=rec.used_bytes,
+                        lru_ms=rec.lru_ms or None,
+                        model_count=rec.count,
+                        loading_count=rec.loading,
+                        zone=rec.zone,
+                        labels=frozenset(rec.labels),
+                        shutting_down=rec.shutting_down,
+                    )
+                )
+        return states
+
+    async def _serve(self, model_id: str, copy: LocalCopy, local: Callable[[LocalCopy], Awaitable[T]]) -> T:
         try:
-            return await call(copy)
+            return await local(copy)
         finally:
             self.loader.release(model_id)
 
     async def _miss(self, model_id: str, before_load: Callable[[], Awaitable[None]] | None) -> LocalCopy:
+        """Load here (or wait for the load in progress) and take a copy."""
+        copy = self.loader.try_acquire(model_id)
+        if copy is not None:
+            return copy
         record = await self.record(model_id)
         if before_load is not None:
             await before_load()

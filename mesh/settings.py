@@ -21,6 +21,10 @@ class MeshSettings(BaseSettings):
     instance_id: str = Field(default_factory=_default_instance_id, validation_alias=AliasChoices("MM_INSTANCE_ID", "MMESH_INSTANCE_ID", "instance_id"))
     host: str = "127.0.0.1"
     grpc_port: int = Field(8033, validation_alias=AliasChoices("MM_SVC_GRPC_PORT", "MMESH_GRPC_PORT", "grpc_port"))
+    advertise_host: str = ""  # how peers reach this sidecar; default: host
+    zone: str = Field("", validation_alias=AliasChoices("MM_ZONE", "MMESH_ZONE", "zone"))
+    labels: str = Field("", validation_alias=AliasChoices("MM_LABELS", "MMESH_LABELS", "labels"))  # comma-separated
+    instance_ttl_s: int = 10  # lease of the instance record: a dead sidecar leaves every view within this
     metrics_port: int = 2112  # 0 disables the metrics endpoint
     etcd_endpoints: str = "127.0.0.1:2379"  # comma-separated host:port
     kv_prefix: str = Field("mmesh", validation_alias=AliasChoices("MM_KVSTORE_PREFIX", "MMESH_KV_PREFIX", "kv_prefix"))

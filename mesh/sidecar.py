@@ -11,18 +11,22 @@ from dataclasses import dataclass, field
 import grpc
 from prometheus_client import start_http_server
 
-from mesh.copy_recorder import CopyRecorder, DesiredCopy
+from mesh.clock import now_ms
+from mesh.copy_recorder import CopyRecorder, CopyState, DesiredCopy
 from mesh.dataplane import DataPlane
 from mesh.frontend_grpc import InferenceFrontend
 from mesh.loader import LoaderConfig, ModelLoader
 from mesh.management import ExtensionsFrontend, Management, ManagementFrontend
 from mesh.metrics import MeshMetrics
-from mesh.records import ModelRecord
+from mesh.instance_publisher import InstancePublisher
+from mesh.leader import Leader
+from mesh.peers import Peers
+from mesh.records import InstanceRecord, ModelRecord
 from mesh.router import Router
 from mesh.runtime_client import GrpcRuntime, InProcessRuntime, RuntimeClient
 from mesh.settings import MeshSettings
-from mesh.store import RegistryStore
-from mesh.views import RegistryView
+from mesh.store import EtcdTable, RegistryStore
+from mesh.views import RegistryView, TableView
 from protos import grpc_predict_v2_pb2_grpc as v2_grpc
 from protos import model_mesh_pb2_grpc as mm_grpc
 from protos import mmesh_ext_pb2_grpc as ext_grpc
@@ -64,8 +68,16 @@ class Sidecar:
         self.view.add_listener(self._on_registry_change)
         self.metrics.models_managed.set(len(self.view))
         self._forget_stale_copies()
-        self.router = Router(self.view, self.store, self.loader, self.metrics)
-        self.dataplane = DataPlane(self.router, s.request_timeout_s)
+        self.instances_table = EtcdTable(self.store.client, s.kv_prefix, "instances", InstanceRecord.from_json)
+        self.instances = TableView(self.instances_table)
+        await self.instances.start()
+        self.peers = Peers(self.instances)
+        self.router = Router(
+            self.view, self.store, self.loader, self.metrics,
+            instance_id=s.instance_id, instances=self.instances, peers=self.peers,
+            failure_backoff_ms=s.load_failure_backoff_ms,
+        )
+        self.dataplane = DataPlane(self.router, s.request_timeout_s, s.instance_id)
         self.management = Management(self.store, self.view, self.loader, self.router, s.instance_id)
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -77,6 +89,16 @@ class Sidecar:
         if not self.grpc_port:
             raise OSError(f"could not bind gRPC port {s.host}:{s.grpc_port}")
         await self.server.start()
+        self._started_ms = now_ms()
+        self._rate_mark = (asyncio.get_running_loop().time(), 0)
+        self.publisher = InstancePublisher(
+            self.instances_table, self.instances, self._instance_record,
+            ttl_s=s.instance_ttl_s, on_new_lease=self._announce_copies,
+        )
+        await self.publisher.start()
+        self.loader.on_change = self.publisher.changed
+        self.leader = Leader(self.store, self.view, self.instances, s.instance_id, lambda: self.publisher.lease)
+        await self.leader.start()
         self._metrics_server = None
         if s.metrics_port > 0:
             self._metrics_server, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.metrics.registry)
@@ -100,6 +122,33 @@ class Sidecar:
             if me in record.instances or me in record.loading:
                 self.recorder.set(record.model_id, DesiredCopy(None, 0))
 
+    def _instance_record(self) -> InstanceRecord:
+        s, lru = self.settings, self.loader.lru
+        now = asyncio.get_running_loop().time()
+        then, count = self._rate_mark
+        rate = (self.router.requests - count) / (now - then) if now > then else 0.0
+        self._rate_mark = (now, self.router.requests)
+        return InstanceRecord(
+            instance_id=s.instance_id,
+            endpoint=f"{s.advertise_host or s.host}:{self.grpc_port}",
+            zone=s.zone,
+            labels=tuple(label for label in s.labels.split(",") if label),
+            capacity_bytes=lru.capacity_bytes,
+            used_bytes=lru.used_bytes,
+            lru_ms=lru.lru_ms() or 0,
+            count=len(lru),
+            loading=self.loader.loading_count,
+            req_rate=rate,
+            start_ms=self._started_ms,
+        )
+
+    def _announce_copies(self) -> None:
+        """After a lost lease the janitor may have dropped our copies from the
+        records; state them again."""
+        for copy in list(self.loader.copies.values()):
+            if copy.state is CopyState.LOADED:
+                self.recorder.set(copy.model_id, DesiredCopy(CopyState.LOADED, copy.since_ms, copy.size_bytes))
+
     def _on_registry_change(self, model_id: str, record: ModelRecord | None) -> None:
         if record is None:
             self.loader.forget(model_id)
@@ -110,6 +159,7 @@ class Sidecar:
         return f"{self.settings.host}:{self.grpc_port}"
 
     async def stop(self, grace_s: float = 2.0) -> None:
+        await self.leader.stop()
         await self.server.stop(grace_s)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
@@ -117,6 +167,9 @@ class Sidecar:
         await self.loader.unload_all()
         await self.recorder.flush(timeout_s=3)
         await self.recorder.close()
+        await self.publisher.stop()
+        await self.peers.close()
+        await self.instances.stop()
         await self.view.stop()
         await self.store.close()
         await self.runtime.close()

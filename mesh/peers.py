@@ -1,0 +1,77 @@
+"""gRPC channels to the other sidecars, for forwarding requests to where a
+model is (or will be) loaded. One channel per peer endpoint, opened on first
+use and closed when the peer leaves the instance table; an in-flight count
+per peer feeds the power-of-two-choices pick between copies."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from mesh.errors import RuntimeUnavailable, error_from_status
+from mesh.records import InstanceRecord
+from mesh.views import TableView
+from protos import grpc_predict_v2_pb2_grpc as v2_grpc
+from runtime_adapter.server import MAX_MESSAGE_BYTES
+
+T = TypeVar("T")
+
+FORWARDED_HEADER = "mm-forwarded"  # set on hops between sidecars: serve here, never forward again
+
+
+class Peers:
+    def __init__(self, instances: TableView[InstanceRecord]) -> None:
+        self._instances = instances
+        self._channels: dict[str, tuple[str, grpc.aio.Channel, v2_grpc.GRPCInferenceServiceStub]] = {}
+        self.in_flight: Counter[str] = Counter()
+        instances.add_listener(self._on_instance_change)
+
+    def _stub(self, instance_id: str) -> v2_grpc.GRPCInferenceServiceStub:
+        record = self._instances.get(instance_id)
+        if record is None:
+            raise RuntimeUnavailable(f"instance {instance_id!r} is not in the mesh")
+        cached = self._channels.get(instance_id)
+        if cached is not None and cached[0] == record.endpoint:
+            return cached[2]
+        channel = grpc.aio.insecure_channel(
+            record.endpoint,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        self._channels[instance_id] = (record.endpoint, channel, stub)
+        return stub
+
+    async def call(self, instance_id: str, fn: Callable[[v2_grpc.GRPCInferenceServiceStub], Awaitable[T]]) -> T:
+        """Run `fn` against the peer's stub; gRPC failures come back as MeshErrors
+        (UNAVAILABLE when the peer cannot be reached)."""
+        stub = self._stub(instance_id)
+        self.in_flight[instance_id] += 1
+        try:
+            return await fn(stub)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                raise RuntimeUnavailable(f"peer {instance_id} unreachable: {exc.details()}") from exc
+            raise error_from_status(exc.code(), exc.details() or exc.code().name) from exc
+        finally:
+            self.in_flight[instance_id] -= 1
+            if not self.in_flight[instance_id]:
+                del self.in_flight[instance_id]
+
+    def _on_instance_change(self, instance_id: str, record: InstanceRecord | None) -> None:
+        if record is None:
+            cached = self._channels.pop(instance_id, None)
+            if cached is not None:
+                # closed in the background: in-flight calls on it fail over
+                asyncio.ensure_future(cached[1].close())
+
+    async def close(self) -> None:
+        for _, channel, _ in self._channels.values():
+            await channel.close()
+        self._channels.clear()
