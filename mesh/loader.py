@@ -134,7 +134,8 @@ class ModelLoader:
             task.add_done_callback(lambda t, m=model_id: self._loads.pop(m, None) if self._loads.get(m) is t else None)
         return await asyncio.shield(task)
 
-    async def _predicted_size(self, record: ModelRecord) -> int:
+    async def predicted_size(self, record: ModelRecord) -> int:
+        """Measured at an earlier load if ever loaded, else the runtime's estimate."""
         if record.size_bytes:
             return record.size_bytes  # measured at an earlier load: best guess
         try:
@@ -163,7 +164,7 @@ class ModelLoader:
         started = time.perf_counter()
         copy = self.copies[model_id]
         try:
-            copy.size_bytes = size = await self._predicted_size(record)
+            copy.size_bytes = size = await self.predicted_size(record)
             await self._make_room(model_id, size)
         except BaseException:
             self.copies.pop(model_id, None)

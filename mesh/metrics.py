@@ -46,6 +46,9 @@ class MeshMetrics:
         self.waiting_for_load = Gauge(
             "mmesh_requests_waiting_for_load", "Requests waiting for their model to load here", registry=r
         )
+        self.forwarded = Counter(
+            "mmesh_forwarded_requests", "Requests this instance forwarded to a peer", ["result"], registry=r
+        )
         self.request_size = Histogram(
             "modelmesh_request_size_bytes", "Inference request payload sizes", buckets=BYTES_BUCKETS, registry=r
         )

@@ -105,14 +105,17 @@ class Router:
         tried: set[str] = set()
         last: MeshError | None = None
         for _ in range(ROUTE_ATTEMPTS):
-            target = self._target(record, tried)
+            target = await self._target(record, tried)
             if target is None:
                 break
             if target == self.instance_id:
                 return await self._serve(model_id, await self._miss(model_id, None), local)
             try:
-                return await self.peers.call(target, remote)
+                result = await self.peers.call(target, remote)
+                self.metrics.forwarded.labels("ok").inc()
+                return result
             except RETRY_ELSEWHERE as exc:
+                self.metrics.forwarded.labels("retried").inc()
                 log.info("request for %s failed on %s (%s); trying elsewhere", model_id, target, exc.message)
                 tried.add(target)
                 last = exc
@@ -136,7 +139,7 @@ class Router:
             failures[self.instance_id] = (local.since_ms, local.error)
         return failures
 
-    def _target(self, record: ModelRecord, tried: set[str]) -> str | None:
+    async def _target(self, record: ModelRecord, tried: set[str]) -> str | None:
         """A loaded copy (fewer in-flight of two random ones), else a loading
         copy (its load is shared), else where placement puts a new copy."""
         live = self.instances.ids() if self.instances is not None else ()
@@ -147,7 +150,7 @@ class Router:
         if loading:
             return pick_copy([(i, self.peers.in_flight[i]) for i in loading], self.rng)
         exclude = set(tried) | set(self._recent_failures(record))
-        size = record.size_bytes or self.loader.config.default_model_size_bytes
+        size = await self.loader.predicted_size(record)
         return choose_load_target(size, self._instance_states(), receiving_id=self.instance_id, exclude=exclude)
 
     def _instance_states(self) -> list[InstanceState]:
