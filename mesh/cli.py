@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 import signal
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,29 +34,73 @@ def _size(value: str) -> int:
     return int(text)
 
 
+@dataclass(frozen=True)
+class UpOptions:
+    etcd: str | None
+    etcd_port: int
+    grpc_port: int
+    metrics_port: int
+    runtime: str
+    capacity_bytes: int
+    data_dir: Path
+    examples: bool
+    instances: int
+    instance_id: str
+    kv_prefix: str
+
+
 @app.command()
 def up(
     etcd: Annotated[Optional[str], typer.Option(help="etcd endpoint host:port; default: start an embedded etcd")] = None,
     etcd_port: Annotated[int, typer.Option(help="client port of the embedded etcd")] = 2379,
-    grpc_port: Annotated[int, typer.Option(help="gRPC port (v2 inference + management)")] = 8033,
-    metrics_port: Annotated[int, typer.Option(help="Prometheus port (0 = off)")] = 2112,
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (v2 inference + management) of the first sidecar")] = 8033,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus port of the first sidecar (0 = off)")] = 2112,
     runtime: Annotated[str, typer.Option(help="'inprocess' or 'uds' (adapter in its own process)")] = "inprocess",
-    capacity: Annotated[str, typer.Option(help="model memory, e.g. 2GiB (default: from host memory)")] = "",
+    capacity: Annotated[str, typer.Option(help="model memory per sidecar, e.g. 2GiB (default: from host memory)")] = "",
     data_dir: Annotated[Path, typer.Option(help="etcd data, example models, sockets")] = Path(".mmesh"),
     examples: Annotated[bool, typer.Option(help="generate and register the example models")] = True,
-    instance_id: Annotated[str, typer.Option(help="this sidecar's id in the mesh")] = "local-0",
+    instances: Annotated[int, typer.Option(help="sidecars to run, each with its own runtime")] = 1,
+    instance_id: Annotated[str, typer.Option(help="id of the first sidecar (others get -1, -2, …)")] = "local-0",
     kv_prefix: Annotated[str, typer.Option(help="etcd key prefix of this mesh")] = "mmesh",
     log_level: Annotated[str, typer.Option()] = "WARNING",
 ) -> None:
-    """Run a local mesh: embedded etcd, one sidecar, example models. Ctrl-C stops it."""
+    """Run a local mesh: embedded etcd, N sidecars, example models. Ctrl-C stops it."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    capacity_bytes = _size(capacity) if capacity else 0
-    asyncio.run(_up(etcd, etcd_port, grpc_port, metrics_port, runtime, capacity_bytes, data_dir, examples, instance_id, kv_prefix))
+    if runtime not in ("inprocess", "uds"):
+        raise typer.BadParameter("--runtime must be 'inprocess' or 'uds'")
+    if instances < 1:
+        raise typer.BadParameter("--instances must be at least 1")
+    options = UpOptions(
+        etcd, etcd_port, grpc_port, metrics_port, runtime, _size(capacity) if capacity else 0,
+        data_dir.resolve(), examples, instances, instance_id, kv_prefix,
+    )
+    asyncio.run(_up(options))
 
 
-async def _up(
-    etcd_endpoint, etcd_port, grpc_port, metrics_port, runtime, capacity, data_dir: Path, examples: bool, instance_id: str, kv_prefix: str
-) -> None:
+def _port_for(base: int, index: int) -> int:
+    """The base port for the first sidecar; the next free one after it for the others."""
+    if base == 0 or index == 0:
+        return base
+    from mesh.etcd_process import free_port
+
+    candidate = base + index
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            return free_port()
+    return candidate
+
+
+def _sidecar_id(first: str, index: int) -> str:
+    """local-0 → local-1, local-2…; an id without a number gets one appended."""
+    stem, _, number = first.rpartition("-")
+    if stem and number.isdigit():
+        return f"{stem}-{int(number) + index}"
+    return first if index == 0 else f"{first}-{index}"
+
+
+async def _up(o: UpOptions) -> None:
     from mesh.adapter_process import AdapterProcess
     from mesh.etcd_process import EtcdProcess
     from mesh.examples import write_examples
@@ -62,35 +108,38 @@ async def _up(
     from mesh.sidecar import Sidecar
     from protos import model_mesh_pb2 as mm
 
-    data_dir = data_dir.resolve()
-    etcd = adapter = sidecar = None
+    etcd = None
+    adapters: list[AdapterProcess] = []
+    sidecars: list[Sidecar] = []
     try:
+        etcd_endpoint = o.etcd
         if etcd_endpoint is None:
-            etcd = EtcdProcess(client_port=etcd_port, data_dir=data_dir / "etcd").start()
+            etcd = EtcdProcess(client_port=o.etcd_port, data_dir=o.data_dir / "etcd").start()
             etcd_endpoint = etcd.endpoint
-        runtime_target = "inprocess"
-        if runtime == "uds":
-            adapter = AdapterProcess(data_dir / f"{instance_id}.sock", capacity_bytes=capacity).start()
-            runtime_target = adapter.target
-        elif runtime != "inprocess":
-            raise typer.BadParameter("--runtime must be 'inprocess' or 'uds'")
-        settings = MeshSettings(
-            instance_id=instance_id,
-            kv_prefix=kv_prefix,
-            grpc_port=grpc_port,
-            metrics_port=metrics_port,
-            etcd_endpoints=etcd_endpoint,
-            runtime=runtime_target,
-            runtime_capacity_bytes=capacity,
-        )
-        sidecar = await Sidecar(settings).start()
+        for index in range(o.instances):
+            instance_id = _sidecar_id(o.instance_id, index)
+            runtime_target = "inprocess"
+            if o.runtime == "uds":
+                adapter = AdapterProcess(o.data_dir / f"{instance_id}.sock", capacity_bytes=o.capacity_bytes).start()
+                adapters.append(adapter)
+                runtime_target = adapter.target
+            settings = MeshSettings(
+                instance_id=instance_id,
+                kv_prefix=o.kv_prefix,
+                grpc_port=_port_for(o.grpc_port, index),
+                metrics_port=_port_for(o.metrics_port, index),
+                etcd_endpoints=etcd_endpoint,
+                runtime=runtime_target,
+                runtime_capacity_bytes=o.capacity_bytes,
+            )
+            sidecars.append(await Sidecar(settings).start())
         registered = []
-        if examples:
-            for model_id, path in write_examples(data_dir / "models").items():
+        if o.examples:
+            for model_id, path in write_examples(o.data_dir / "models").items():
                 info = mm.ModelInfo(type="onnx", path=str(path))
-                await sidecar.management.register(mm.RegisterModelRequest(modelId=model_id, modelInfo=info))
+                await sidecars[0].management.register(mm.RegisterModelRequest(modelId=model_id, modelInfo=info))
                 registered.append(model_id)
-        _print_banner(sidecar, etcd_endpoint, registered)
+        _print_banner(sidecars, etcd_endpoint, registered)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -98,26 +147,27 @@ async def _up(
         await stop.wait()
         console.print("stopping…")
     finally:
-        if sidecar is not None:
+        for sidecar in reversed(sidecars):
             await sidecar.stop()
-        if adapter is not None:
+        for adapter in adapters:
             adapter.stop()
         if etcd is not None:
             etcd.stop()
 
 
-def _print_banner(sidecar, etcd_endpoint: str, models: list[str]) -> None:
-    console.print(f"[bold green]mmesh is up[/] (instance {sidecar.settings.instance_id})")
-    console.print(f"  v2 gRPC + management : {sidecar.address}")
-    if sidecar.metrics_port:
-        console.print(f"  metrics              : http://{sidecar.settings.host}:{sidecar.metrics_port}/metrics")
+def _print_banner(sidecars, etcd_endpoint: str, models: list[str]) -> None:
+    first = sidecars[0]
+    console.print(f"[bold green]mmesh is up[/]: {len(sidecars)} sidecar(s)")
+    for sidecar in sidecars:
+        metrics = f", metrics http://{sidecar.settings.host}:{sidecar.metrics_port}/metrics" if sidecar.metrics_port else ""
+        console.print(f"  {sidecar.settings.instance_id:10s} v2 gRPC + management {sidecar.address}{metrics}", markup=False)
     console.print(f"  etcd                 : {etcd_endpoint}")
-    console.print(f"  runtime              : {sidecar.settings.runtime}, capacity {sidecar.loader.lru.capacity_bytes:,} bytes")
+    console.print(f"  runtime              : {first.settings.runtime}, capacity {first.loader.lru.capacity_bytes:,} bytes each")
     if models:
         console.print(f"  models               : {', '.join(models)}")
         console.print(
-            f"try: mmesh infer add-one --data '[[1, 2, 3, 4]]' -t {sidecar.address}\n"
-            f"  or python -c \"import tritonclient.grpc as t, numpy as n; c=t.InferenceServerClient('{sidecar.address}'); "
+            f"try: mmesh infer add-one --data '[[1, 2, 3, 4]]' -t {first.address}\n"
+            f"  or python -c \"import tritonclient.grpc as t, numpy as n; c=t.InferenceServerClient('{first.address}'); "
             "i=t.InferInput('x',[1,4],'FP32'); i.set_data_from_numpy(n.ones((1,4),n.float32)); "
             "print(c.infer('add-one',[i]).as_numpy('y'))\"",
             markup=False,
