@@ -107,7 +107,7 @@ def start_sidecar(
             instance_id=overrides.pop("instance_id", f"inst-{next(_ids)}"),
             grpc_port=0,
             metrics_port=overrides.pop("metrics_port", 0),
-            etcd_endpoints=etcd.endpoint,
+            etcd_endpoints=overrides.pop("etcd_endpoints", etcd.endpoint),
             kv_prefix=overrides.pop("kv_prefix", prefix),
             runtime=runtime,
             runtime_capacity_bytes=capacity_bytes,
