@@ -13,13 +13,12 @@ from collections.abc import Mapping
 from mesh.copy_recorder import CopyState
 from mesh.errors import InvalidInput, ModelNotFound
 from mesh.loader import LocalCopy
-from mesh.peers import FORWARDED_HEADER
+from mesh.peers import MODEL_ID_HEADER, VMODEL_ID_HEADER, hop_metadata
 from mesh.router import Router
+from mesh.vmodels import VModels
 from protos import grpc_predict_v2_pb2 as v2
 from protos.tensor_codec import TensorCodecError, decode_inputs
 
-MODEL_ID_HEADER = "mm-model-id"
-VMODEL_ID_HEADER = "mm-vmodel-id"
 
 
 def header(headers: Mapping[str, str | bytes], name: str) -> str | None:
@@ -32,19 +31,6 @@ def header(headers: Mapping[str, str | bytes], name: str) -> str | None:
     return value or None
 
 
-def resolve_model_id(model_name: str, headers: Mapping[str, str | bytes]) -> str:
-    """Headers win over the message field, as in ModelMesh."""
-    model_id = header(headers, MODEL_ID_HEADER)
-    if model_id:
-        return model_id
-    vmodel_id = header(headers, VMODEL_ID_HEADER)
-    if vmodel_id:
-        raise ModelNotFound(f"vModel {vmodel_id!r} is not defined")
-    if not model_name:
-        raise InvalidInput("no model named: set model_name or the mm-model-id header")
-    return model_name
-
-
 async def _validate_inputs(request: v2.ModelInferRequest) -> None:
     """Decode once before a load is spent on a malformed request; on a worker
     thread, since typed contents are copied and may be large."""
@@ -55,14 +41,36 @@ async def _validate_inputs(request: v2.ModelInferRequest) -> None:
 
 
 class DataPlane:
-    def __init__(self, router: Router, request_timeout_s: float, instance_id: str = "") -> None:
+    def __init__(self, router: Router, request_timeout_s: float, instance_id: str = "", vmodels: VModels | None = None) -> None:
         self.router = router
+        self.vmodels = vmodels
         self.runtime = router.loader.runtime
         self.request_timeout_s = request_timeout_s
         self.instance_id = instance_id
 
+    def resolve(self, model_name: str, headers: Mapping[str, str | bytes]) -> str:
+        """The concrete model a request is for. Headers win over the message
+        field, as in ModelMesh; a name that is no model but a vModel (an
+        InferenceService name, say) resolves to the vModel's active model."""
+        model_id = header(headers, MODEL_ID_HEADER)
+        if model_id:
+            return model_id
+        vmodel_id = header(headers, VMODEL_ID_HEADER)
+        if vmodel_id:
+            return self._vmodel_target(vmodel_id)
+        if not model_name:
+            raise InvalidInput("no model named: set model_name or the mm-model-id header")
+        if self.router.view.get(model_name) is None and self.vmodels is not None and self.vmodels.view.get(model_name):
+            return self.vmodels.active_model(model_name)
+        return model_name
+
+    def _vmodel_target(self, vmodel_id: str) -> str:
+        if self.vmodels is None:
+            raise ModelNotFound(f"vModel {vmodel_id!r} is not defined")
+        return self.vmodels.active_model(vmodel_id)
+
     def _hop_metadata(self, model_id: str) -> tuple[tuple[str, str], ...]:
-        return ((MODEL_ID_HEADER, model_id), (FORWARDED_HEADER, self.instance_id))
+        return hop_metadata(model_id, self.instance_id)
 
     async def infer(
         self, model_id: str, request: v2.ModelInferRequest, *, forwarded: bool = False

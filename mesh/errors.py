@@ -45,6 +45,13 @@ class ModelLoadFailed(MeshError):
     code, http_status = grpc.StatusCode.FAILED_PRECONDITION, 422
 
 
+class PreconditionFailed(MeshError):
+    """The registry is not in the state the call needs (a model still referenced
+    by a vModel, an expectedTargetModelId that no longer matches)."""
+
+    code, http_status = grpc.StatusCode.FAILED_PRECONDITION, 409
+
+
 class RuntimeUnavailable(MeshError):
     code, http_status = grpc.StatusCode.UNAVAILABLE, 503
 

@@ -49,7 +49,9 @@ class Leader:
         poll_s: float = 1.0,
         sweep_s: float = 10.0,
         max_load_ms: int = 180_000,
+        on_round: Callable[[], None] = lambda: None,
     ) -> None:
+        self._on_round = on_round
         self._store = store
         self._registry = registry
         self._instances = instances
@@ -110,6 +112,8 @@ class Leader:
                 if leading != self.is_leader:
                     log.info("instance %s %s leadership", self.instance_id, "took" if leading else "lost")
                     self.is_leader = leading
+                if leading:
+                    self._on_round()  # e.g. retry vModel transitions whose driver died or failed
                 if leading and (self._sweep_now.is_set() or loop.time() >= next_sweep):
                     self._sweep_now.clear()
                     next_sweep = loop.time() + self._sweep_s

@@ -94,6 +94,11 @@ class ModelLoader:
         self.lru.touch(model_id, self._clock())
         return copy
 
+    def try_peek(self, model_id: str) -> bool:
+        """Whether a copy is loaded here (no in-flight mark, no touch)."""
+        copy = self.copies.get(model_id)
+        return copy is not None and copy.state is CopyState.LOADED
+
     def release(self, model_id: str) -> None:
         if model_id in self.lru:
             self.lru.release(model_id)

@@ -12,7 +12,7 @@ import logging
 import grpc
 
 from mesh.clock import now_ms
-from mesh.errors import AlreadyExists, InvalidInput, MeshError, ModelNotFound
+from mesh.errors import AlreadyExists, InvalidInput, MeshError, PreconditionFailed
 from mesh.grpc_errors import serve_call
 from mesh.loader import ModelLoader
 from mesh.metrics import MeshMetrics
@@ -21,6 +21,7 @@ from mesh.router import Router
 from mesh.status import model_status
 from mesh.store import RegistryStore
 from mesh.views import RegistryView
+from mesh.vmodels import VModels
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from protos import mmesh_ext_pb2 as ext
@@ -51,7 +52,10 @@ def validate_registration(request: mm.RegisterModelRequest) -> ModelRecord:
 class Management:
     """The operations behind both services, independent of the wire."""
 
-    def __init__(self, store: RegistryStore, view: RegistryView, loader: ModelLoader, router: Router, instance_id: str) -> None:
+    def __init__(
+        self, store: RegistryStore, view: RegistryView, loader: ModelLoader, router: Router, instance_id: str, vmodels: VModels
+    ) -> None:
+        self.vmodels = vmodels
         self.store = store
         self.view = view
         self.loader = loader
@@ -62,8 +66,9 @@ class Management:
     def status(self, model_id: str) -> mm.ModelStatusInfo:
         return model_status(self.view.get(model_id), self.loader, self.instance_id)
 
-    async def register(self, request: mm.RegisterModelRequest) -> mm.ModelStatusInfo:
+    async def register(self, request: mm.RegisterModelRequest, *, auto_delete: bool = False) -> mm.ModelStatusInfo:
         record = validate_registration(request)
+        record.auto_delete = auto_delete
         created, stored = await self.store.create(record)
         if not created and not stored.same_definition(record):
             raise AlreadyExists(
@@ -78,9 +83,15 @@ class Management:
     async def unregister(self, model_id: str) -> None:
         if not model_id:
             raise InvalidInput("modelId is empty")
-        revision = await self.store.delete(model_id)
-        if revision is not None:
-            self.view.apply_delete(model_id, revision)
+        record = await self.store.get(model_id)
+        if record is None:
+            return
+        if record.refs:
+            raise PreconditionFailed(f"model {model_id!r} is referenced by {record.refs} vModel(s); delete or re-target them first")
+        revision = await self.store.delete_if_unchanged(model_id, record.mod_revision)
+        if revision is None:
+            raise PreconditionFailed(f"model {model_id!r} changed while being unregistered; try again")
+        self.view.apply_delete(model_id, revision)
 
     async def ensure_loaded(self, request: mm.EnsureLoadedRequest) -> mm.ModelStatusInfo:
         record = await self.router.record(request.modelId)
@@ -158,13 +169,20 @@ class ManagementFrontend(mm_grpc.ModelMeshServicer):
         return await serve_call(context, self.metrics, "ensureLoaded", self.m.ensure_loaded(request))
 
     async def setVModel(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "vModels are not available yet")
+        return await serve_call(context, self.metrics, "setVModel", self.m.vmodels.set(request, self.m.register))
 
     async def getVModelStatus(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "vModels are not available yet")
+        async def work():
+            return self.m.vmodels.status(request.vModelId, request.owner)
+
+        return await serve_call(context, self.metrics, "getVModelStatus", work())
 
     async def deleteVModel(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "vModels are not available yet")
+        async def work():
+            await self.m.vmodels.delete(request.vModelId, request.owner)
+            return mm.DeleteVModelResponse()
+
+        return await serve_call(context, self.metrics, "deleteVModel", work())
 
 
 class ExtensionsFrontend(ext_grpc.ModelMeshExtensionsServicer):

@@ -20,7 +20,15 @@ from runtime_adapter.server import MAX_MESSAGE_BYTES
 
 T = TypeVar("T")
 
+MODEL_ID_HEADER = "mm-model-id"
+VMODEL_ID_HEADER = "mm-vmodel-id"
 FORWARDED_HEADER = "mm-forwarded"  # set on hops between sidecars: serve here, never forward again
+
+
+def hop_metadata(model_id: str, sender: str) -> tuple[tuple[str, str], ...]:
+    """Headers of a request one sidecar sends another: the resolved model, and
+    who forwarded it (so the receiver serves it and never forwards again)."""
+    return ((MODEL_ID_HEADER, model_id), (FORWARDED_HEADER, sender))
 
 
 class Peers:

@@ -1,5 +1,6 @@
-"""Records stored in etcd: a model's registry record at `<prefix>/registry/<id>`
-and an instance's record at `<prefix>/instances/<id>`.
+"""Records stored in etcd: a model's registry record at `<prefix>/registry/<id>`,
+an instance's record at `<prefix>/instances/<id>`, and a vModel (alias) at
+`<prefix>/vmodels/<id>`.
 
 JSON with short keys (tens of thousands of records live in every sidecar's
 view, so bytes count). Copy state is explicit — `loading` and `instances` are
@@ -24,7 +25,8 @@ class ModelRecord:
     loading: dict[str, int] = field(default_factory=dict)  # instance -> load started (ms)
     failures: dict[str, tuple[int, str]] = field(default_factory=dict)  # instance -> (at ms, message)
     last_used_ms: int = 0
-    refs: int = 0
+    refs: int = 0  # vModels pointing at it (active or target); blocks unregistering
+    auto_delete: bool = False  # created by setVModel: deleted when no vModel refers to it
     mod_revision: int = 0  # etcd's, not stored in the value
 
     @property
@@ -53,6 +55,8 @@ class ModelRecord:
             doc["u"] = self.last_used_ms
         if self.refs:
             doc["r"] = self.refs
+        if self.auto_delete:
+            doc["ad"] = True
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -69,6 +73,7 @@ class ModelRecord:
             failures={k: (v[0], v[1]) for k, v in doc.get("f", {}).items()},
             last_used_ms=doc.get("u", 0),
             refs=doc.get("r", 0),
+            auto_delete=doc.get("ad", False),
             mod_revision=mod_revision,
         )
 
@@ -128,4 +133,41 @@ class InstanceRecord:
         )
 
     def copy(self) -> "InstanceRecord":
+        return replace(self)
+
+
+@dataclass(slots=True)
+class VModelRecord:
+    """An alias that routes to `active`; while `target` differs, the mesh is
+    loading the target before it flips the alias over."""
+
+    vmodel_id: str
+    active: str
+    target: str
+    owner: str = ""
+    failed: bool = False  # the target failed to load: the transition waits for a retry
+    mod_revision: int = 0
+
+    @property
+    def record_id(self) -> str:
+        return self.vmodel_id
+
+    @property
+    def transitioning(self) -> bool:
+        return self.active != self.target
+
+    def to_json(self) -> bytes:
+        doc: dict[str, object] = {"a": self.active, "t": self.target}
+        if self.owner:
+            doc["o"] = self.owner
+        if self.failed:
+            doc["f"] = True
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, vmodel_id: str, data: bytes, mod_revision: int = 0) -> "VModelRecord":
+        doc = json.loads(data)
+        return cls(vmodel_id, doc["a"], doc["t"], doc.get("o", ""), doc.get("f", False), mod_revision)
+
+    def copy(self) -> "VModelRecord":
         return replace(self)

@@ -21,11 +21,12 @@ from mesh.clock import now_ms
 from mesh.errors import CapacityExhausted, MeshError, ModelLoadFailed, ModelNotFound, RuntimeUnavailable
 from mesh.loader import LocalCopy, ModelLoader
 from mesh.metrics import MeshMetrics
-from mesh.peers import Peers
+from mesh.peers import Peers, hop_metadata
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.store import RegistryStore
 from mesh.views import RegistryView, TableView
 from placement import InstanceState, choose_load_target, in_backoff, pick_copy
+from protos import grpc_predict_v2_pb2 as v2
 from protos import grpc_predict_v2_pb2_grpc as v2_grpc
 
 log = logging.getLogger(__name__)
@@ -142,16 +143,36 @@ class Router:
     async def _target(self, record: ModelRecord, tried: set[str]) -> str | None:
         """A loaded copy (fewer in-flight of two random ones), else a loading
         copy (its load is shared), else where placement puts a new copy."""
-        live = self.instances.ids() if self.instances is not None else ()
+        live = self.live_instances()
         loaded = [i for i in record.instances if i in live and i not in tried]
         if loaded:
             return pick_copy([(i, self.peers.in_flight[i]) for i in loaded], self.rng)
         loading = [i for i in record.loading if i in live and i not in tried]
         if loading:
             return pick_copy([(i, self.peers.in_flight[i]) for i in loading], self.rng)
-        exclude = set(tried) | set(self._recent_failures(record))
+        return await self.load_target(record, tried)
+
+    async def load_target(self, record: ModelRecord, exclude: set[str]) -> str | None:
+        """Where a new copy should load (placement), avoiding `exclude` and the
+        instances where it failed recently."""
+        excluded = set(exclude) | set(self._recent_failures(record))
         size = await self.loader.predicted_size(record)
-        return choose_load_target(size, self._instance_states(), receiving_id=self.instance_id, exclude=exclude)
+        return choose_load_target(size, self._instance_states(), receiving_id=self.instance_id, exclude=excluded)
+
+    def live_instances(self):
+        return self.instances.ids() if self.instances is not None else {self.instance_id: None}.keys()
+
+    async def load_on(self, instance_id: str, model_id: str) -> None:
+        """Make `instance_id` load the model: here directly, on a peer by a
+        forwarded metadata call (served where it lands, loading first)."""
+        if instance_id == self.instance_id or self.peers is None:
+            record = await self.record(model_id)
+            await self.loader.ensure_loaded(record)
+            return
+        metadata = hop_metadata(model_id, self.instance_id)
+        await self.peers.call(
+            instance_id, lambda stub: stub.ModelMetadata(v2.ModelMetadataRequest(name=model_id), metadata=metadata, timeout=600)
+        )
 
     def _instance_states(self) -> list[InstanceState]:
         """Peers as their records say; this instance as its loader says now."""

@@ -41,3 +41,4 @@ class MeshSettings(BaseSettings):
     )
     capacity_wait_s: float = 30.0  # how long a load waits for in-use models to free space
     request_timeout_s: float = 60.0
+    default_vmodel_owner: str = Field("", validation_alias=AliasChoices("MM_DEFAULT_VMODEL_OWNER", "MMESH_DEFAULT_VMODEL_OWNER", "default_vmodel_owner"))

@@ -21,12 +21,14 @@ from mesh.metrics import MeshMetrics
 from mesh.instance_publisher import InstancePublisher
 from mesh.leader import Leader
 from mesh.peers import Peers
-from mesh.records import InstanceRecord, ModelRecord
+from mesh.records import InstanceRecord, ModelRecord, VModelRecord
+from mesh.status import model_status
 from mesh.router import Router
 from mesh.runtime_client import GrpcRuntime, InProcessRuntime, RuntimeClient
 from mesh.settings import MeshSettings
 from mesh.store import EtcdTable, RegistryStore
 from mesh.views import RegistryView, TableView
+from mesh.vmodels import VModels
 from protos import grpc_predict_v2_pb2_grpc as v2_grpc
 from protos import model_mesh_pb2_grpc as mm_grpc
 from protos import mmesh_ext_pb2_grpc as ext_grpc
@@ -77,8 +79,16 @@ class Sidecar:
             instance_id=s.instance_id, instances=self.instances, peers=self.peers,
             failure_backoff_ms=s.load_failure_backoff_ms,
         )
-        self.dataplane = DataPlane(self.router, s.request_timeout_s, s.instance_id)
-        self.management = Management(self.store, self.view, self.loader, self.router, s.instance_id)
+        self.vmodel_table = EtcdTable(self.store.client, s.kv_prefix, "vmodels", VModelRecord.from_json)
+        self.vmodel_view = TableView(self.vmodel_table)
+        await self.vmodel_view.start()
+        self.vmodels = VModels(
+            self.store, self.view, self.vmodel_table, self.vmodel_view, self.router,
+            lambda model_id: model_status(self.view.get(model_id), self.loader, s.instance_id),
+            default_owner=s.default_vmodel_owner, failure_backoff_ms=s.load_failure_backoff_ms,
+        )
+        self.dataplane = DataPlane(self.router, s.request_timeout_s, s.instance_id, self.vmodels)
+        self.management = Management(self.store, self.view, self.loader, self.router, s.instance_id, self.vmodels)
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceFrontend(self.dataplane, self.metrics, lambda: self.view.synced.is_set()), self.server
@@ -97,7 +107,10 @@ class Sidecar:
         )
         await self.publisher.start()
         self.loader.on_change = self.publisher.changed
-        self.leader = Leader(self.store, self.view, self.instances, s.instance_id, lambda: self.publisher.lease)
+        self.leader = Leader(
+            self.store, self.view, self.instances, s.instance_id, lambda: self.publisher.lease,
+            on_round=self.vmodels.retry_pending,
+        )
         await self.leader.start()
         self._metrics_server = None
         if s.metrics_port > 0:
@@ -170,6 +183,7 @@ class Sidecar:
         await self.publisher.stop()
         await self.peers.close()
         await self.instances.stop()
+        await self.vmodel_view.stop()
         await self.view.stop()
         await self.store.close()
         await self.runtime.close()

@@ -180,6 +180,16 @@ class EtcdTable(Generic[R]):
             return None
         return responses[0].response_delete_range.header.revision
 
+    async def delete_if_unchanged(self, record_id: str, mod_revision: int) -> int | None:
+        """Delete only the version the caller checked; None if it changed or went."""
+        key = self.key(record_id)
+        tx = self._client.transactions
+        async with _unavailable_on_error(f"delete {self.table}/{record_id}"):
+            ok, responses = await self._client.transaction(
+                compare=[tx.mod(key) == mod_revision], success=[tx.delete(key)], failure=[]
+            )
+        return responses[0].response_delete_range.header.revision if ok else None
+
     async def list(self) -> tuple[list[R], int]:
         """All records and the revision they were read at (the watch resumes after it)."""
         async with _unavailable_on_error(f"list {self.table}"):
@@ -202,6 +212,35 @@ class EtcdTable(Generic[R]):
                     yield TableEvent(record_id, self._decode(record_id, event.kv.value, revision), revision)
         finally:
             await watch.cancel()
+
+
+@dataclass(frozen=True)
+class Write:
+    """One part of an atomic multi-record commit: put `record` (or delete when
+    None) if the key is still at `expected_revision` (0 = must not exist)."""
+
+    table: EtcdTable
+    record_id: str
+    record: Record | None
+    expected_revision: int
+
+
+async def commit(client: aetcd.Client, writes: list[Write]) -> int | None:
+    """All writes or none, in one etcd transaction; returns its revision, or
+    None when some record changed meanwhile (the caller re-reads and retries)."""
+    tx = client.transactions
+    compare, success = [], []
+    for w in writes:
+        key = w.table.key(w.record_id)
+        compare.append(tx.version(key) == 0 if w.expected_revision == 0 else tx.mod(key) == w.expected_revision)
+        success.append(tx.delete(key) if w.record is None else tx.put(key, w.record.to_json()))
+    async with _unavailable_on_error("commit a multi-record change"):
+        ok, responses = await client.transaction(compare=compare, success=success, failure=[])
+    if not ok:
+        return None
+    first = responses[0]
+    header = first.response_put.header if first.HasField("response_put") else first.response_delete_range.header
+    return header.revision
 
 
 class RegistryStore(EtcdTable[ModelRecord]):
