@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -75,6 +76,7 @@ class ModelLoader:
         self._loads: dict[str, asyncio.Task[LocalCopy]] = {}
         self._unloads: dict[str, asyncio.Task[None]] = {}
         self._unregistered: set[str] = set()  # unregistered while their load ran
+        self.uses: Counter[str] = Counter()  # requests per model since the copy scaler last looked
         self._load_slots = asyncio.Semaphore(config.max_loading_concurrency)
         self._space_freed = asyncio.Event()
         self.load_count = 0
@@ -92,6 +94,7 @@ class ModelLoader:
             return None
         self.lru.acquire(model_id)
         self.lru.touch(model_id, self._clock())
+        self.uses[model_id] += 1
         return copy
 
     def try_peek(self, model_id: str) -> bool:

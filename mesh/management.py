@@ -66,14 +66,17 @@ class Management:
     def status(self, model_id: str) -> mm.ModelStatusInfo:
         return model_status(self.view.get(model_id), self.loader, self.instance_id)
 
-    async def register(self, request: mm.RegisterModelRequest, *, auto_delete: bool = False) -> mm.ModelStatusInfo:
+    async def register(
+        self, request: mm.RegisterModelRequest, *, auto_delete: bool = False, min_copies: int = 0
+    ) -> mm.ModelStatusInfo:
         record = validate_registration(request)
         record.auto_delete = auto_delete
+        record.min_copies = min_copies
         created, stored = await self.store.create(record)
-        if not created and not stored.same_definition(record):
+        if not created and not (stored.same_definition(record) and stored.min_copies == record.min_copies):
             raise AlreadyExists(
                 f"model {record.model_id!r} already exists with different attributes "
-                f"(type={stored.type!r}, path={stored.path!r}, key={stored.key!r})"
+                f"(type={stored.type!r}, path={stored.path!r}, key={stored.key!r}, minCopies={stored.min_copies})"
             )
         self.view.apply(stored)
         if request.loadNow:
@@ -198,14 +201,18 @@ class ExtensionsFrontend(ext_grpc.ModelMeshExtensionsServicer):
 
     async def registerModels(self, request, context):
         async def work():
-            results = await asyncio.gather(*(self._one(r) for r in request.models))
+            min_copies = dict(request.minCopies)
+            unknown = set(min_copies) - {r.modelId for r in request.models}
+            if unknown:
+                raise InvalidInput(f"minCopies names models not in this request: {sorted(unknown)[:5]}")
+            results = await asyncio.gather(*(self._one(r, min_copies.get(r.modelId, 0)) for r in request.models))
             return ext.RegisterModelsResponse(results=results)
 
         return await serve_call(context, self.metrics, "registerModels", work())
 
-    async def _one(self, request: mm.RegisterModelRequest) -> ext.RegisterModelsResponse.Result:
+    async def _one(self, request: mm.RegisterModelRequest, min_copies: int) -> ext.RegisterModelsResponse.Result:
         try:
-            await self.m.register(request)
+            await self.m.register(request, min_copies=min_copies)
         except MeshError as exc:
             return ext.RegisterModelsResponse.Result(modelId=request.modelId, code=exc.code.name, message=exc.message)
         return ext.RegisterModelsResponse.Result(modelId=request.modelId, code="OK")

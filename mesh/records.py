@@ -27,6 +27,7 @@ class ModelRecord:
     last_used_ms: int = 0
     refs: int = 0  # vModels pointing at it (active or target); blocks unregistering
     auto_delete: bool = False  # created by setVModel: deleted when no vModel refers to it
+    min_copies: int = 0  # copies kept loaded whatever the traffic (pinned)
     mod_revision: int = 0  # etcd's, not stored in the value
 
     @property
@@ -57,6 +58,8 @@ class ModelRecord:
             doc["r"] = self.refs
         if self.auto_delete:
             doc["ad"] = True
+        if self.min_copies:
+            doc["mc"] = self.min_copies
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -74,6 +77,7 @@ class ModelRecord:
             last_used_ms=doc.get("u", 0),
             refs=doc.get("r", 0),
             auto_delete=doc.get("ad", False),
+            min_copies=doc.get("mc", 0),
             mod_revision=mod_revision,
         )
 

@@ -152,12 +152,17 @@ class Router:
             return pick_copy([(i, self.peers.in_flight[i]) for i in loading], self.rng)
         return await self.load_target(record, tried)
 
-    async def load_target(self, record: ModelRecord, exclude: set[str]) -> str | None:
+    async def load_target(
+        self, record: ModelRecord, exclude: set[str], *, prefer_zones_other_than: set[str] = frozenset()
+    ) -> str | None:
         """Where a new copy should load (placement), avoiding `exclude` and the
         instances where it failed recently."""
         excluded = set(exclude) | set(self._recent_failures(record))
         size = await self.loader.predicted_size(record)
-        return choose_load_target(size, self._instance_states(), receiving_id=self.instance_id, exclude=excluded)
+        return choose_load_target(
+            size, self._instance_states(), receiving_id=self.instance_id, exclude=excluded,
+            prefer_zones_other_than=prefer_zones_other_than,
+        )
 
     def live_instances(self):
         return self.instances.ids() if self.instances is not None else {self.instance_id: None}.keys()

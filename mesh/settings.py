@@ -41,4 +41,9 @@ class MeshSettings(BaseSettings):
     )
     capacity_wait_s: float = 30.0  # how long a load waits for in-use models to free space
     request_timeout_s: float = 60.0
+    copy_scale_interval_s: float = 5.0
+    # ModelMesh's MM_SCALEUP_RPM_THRESHOLD is per minute; ours is per second
+    scale_up_rps: float = Field(33.0, validation_alias=AliasChoices("MMESH_SCALE_UP_RPS", "scale_up_rps"))
+    scale_up_in_flight: int = 16
+    copy_idle_s: float = 600.0  # an extra copy unused this long is dropped
     default_vmodel_owner: str = Field("", validation_alias=AliasChoices("MM_DEFAULT_VMODEL_OWNER", "MMESH_DEFAULT_VMODEL_OWNER", "default_vmodel_owner"))

@@ -12,6 +12,7 @@ import grpc
 from prometheus_client import start_http_server
 
 from mesh.clock import now_ms
+from mesh.copies import CopyPolicy, CopyScaler
 from mesh.copy_recorder import CopyRecorder, CopyState, DesiredCopy
 from mesh.dataplane import DataPlane
 from mesh.frontend_grpc import InferenceFrontend
@@ -107,9 +108,14 @@ class Sidecar:
         )
         await self.publisher.start()
         self.loader.on_change = self.publisher.changed
+        self.scaler = CopyScaler(
+            self.router, self.loader, self.view,
+            CopyPolicy(s.copy_scale_interval_s, s.scale_up_rps, s.scale_up_in_flight, int(s.copy_idle_s * 1000)),
+        )
+        await self.scaler.start()
         self.leader = Leader(
             self.store, self.view, self.instances, s.instance_id, lambda: self.publisher.lease,
-            on_round=self.vmodels.retry_pending,
+            on_round=self._leader_round,
         )
         await self.leader.start()
         self._metrics_server = None
@@ -134,6 +140,10 @@ class Sidecar:
         for record in self.view.records():
             if me in record.instances or me in record.loading:
                 self.recorder.set(record.model_id, DesiredCopy(None, 0))
+
+    def _leader_round(self) -> None:
+        self.vmodels.retry_pending()
+        self.scaler.top_up()
 
     def _instance_record(self) -> InstanceRecord:
         s, lru = self.settings, self.loader.lru
@@ -173,6 +183,7 @@ class Sidecar:
 
     async def stop(self, grace_s: float = 2.0) -> None:
         await self.leader.stop()
+        await self.scaler.stop()
         await self.server.stop(grace_s)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

@@ -26,25 +26,29 @@ _sym_db = _symbol_database.Default()
 from protos import model_mesh_pb2 as protos_dot_model__mesh__pb2
 
 
-DESCRIPTOR = _mmesh_pool.AddSerializedFile(b'\n\x16protos/mmesh_ext.proto\x12\x05mmesh\x1a\x17protos/model_mesh.proto\"r\n\x11ListModelsRequest\x12\x11\n\tpageToken\x18\x01 \x01(\t\x12\x10\n\x08pageSize\x18\x02 \x01(\r\x12\x38\n\x0cstatusFilter\x18\x03 \x03(\x0e\x32\".mmesh.ModelStatusInfo.ModelStatus\"\x91\x01\n\x0cModelSummary\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12#\n\tmodelInfo\x18\x02 \x01(\x0b\x32\x10.mmesh.ModelInfo\x12&\n\x06status\x18\x03 \x01(\x0b\x32\x16.mmesh.ModelStatusInfo\x12\x13\n\x0bsizeInBytes\x18\x04 \x01(\x04\x12\x0e\n\x06\x63opies\x18\x05 \x01(\r\"e\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.mmesh.ModelSummary\x12\x15\n\rnextPageToken\x18\x02 \x01(\t\x12\x13\n\x0btotalModels\x18\x03 \x01(\r\"D\n\x15RegisterModelsRequest\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.mmesh.RegisterModelRequest\"\x89\x01\n\x16RegisterModelsResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.mmesh.RegisterModelsResponse.Result\x1a\x38\n\x06Result\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t2\xab\x01\n\x13ModelMeshExtensions\x12\x43\n\nlistModels\x12\x18.mmesh.ListModelsRequest\x1a\x19.mmesh.ListModelsResponse\"\x00\x12O\n\x0eregisterModels\x12\x1c.mmesh.RegisterModelsRequest\x1a\x1d.mmesh.RegisterModelsResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _mmesh_pool.AddSerializedFile(b'\n\x16protos/mmesh_ext.proto\x12\x05mmesh\x1a\x17protos/model_mesh.proto\"r\n\x11ListModelsRequest\x12\x11\n\tpageToken\x18\x01 \x01(\t\x12\x10\n\x08pageSize\x18\x02 \x01(\r\x12\x38\n\x0cstatusFilter\x18\x03 \x03(\x0e\x32\".mmesh.ModelStatusInfo.ModelStatus\"\x91\x01\n\x0cModelSummary\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12#\n\tmodelInfo\x18\x02 \x01(\x0b\x32\x10.mmesh.ModelInfo\x12&\n\x06status\x18\x03 \x01(\x0b\x32\x16.mmesh.ModelStatusInfo\x12\x13\n\x0bsizeInBytes\x18\x04 \x01(\x04\x12\x0e\n\x06\x63opies\x18\x05 \x01(\r\"e\n\x12ListModelsResponse\x12#\n\x06models\x18\x01 \x03(\x0b\x32\x13.mmesh.ModelSummary\x12\x15\n\rnextPageToken\x18\x02 \x01(\t\x12\x13\n\x0btotalModels\x18\x03 \x01(\r\"\xb6\x01\n\x15RegisterModelsRequest\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.mmesh.RegisterModelRequest\x12>\n\tminCopies\x18\x02 \x03(\x0b\x32+.mmesh.RegisterModelsRequest.MinCopiesEntry\x1a\x30\n\x0eMinCopiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\x89\x01\n\x16RegisterModelsResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.mmesh.RegisterModelsResponse.Result\x1a\x38\n\x06Result\x12\x0f\n\x07modelId\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t2\xab\x01\n\x13ModelMeshExtensions\x12\x43\n\nlistModels\x12\x18.mmesh.ListModelsRequest\x1a\x19.mmesh.ListModelsResponse\"\x00\x12O\n\x0eregisterModels\x12\x1c.mmesh.RegisterModelsRequest\x1a\x1d.mmesh.RegisterModelsResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.mmesh_ext_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_REGISTERMODELSREQUEST_MINCOPIESENTRY']._loaded_options = None
+  _globals['_REGISTERMODELSREQUEST_MINCOPIESENTRY']._serialized_options = b'8\001'
   _globals['_LISTMODELSREQUEST']._serialized_start=58
   _globals['_LISTMODELSREQUEST']._serialized_end=172
   _globals['_MODELSUMMARY']._serialized_start=175
   _globals['_MODELSUMMARY']._serialized_end=320
   _globals['_LISTMODELSRESPONSE']._serialized_start=322
   _globals['_LISTMODELSRESPONSE']._serialized_end=423
-  _globals['_REGISTERMODELSREQUEST']._serialized_start=425
-  _globals['_REGISTERMODELSREQUEST']._serialized_end=493
-  _globals['_REGISTERMODELSRESPONSE']._serialized_start=496
-  _globals['_REGISTERMODELSRESPONSE']._serialized_end=633
-  _globals['_REGISTERMODELSRESPONSE_RESULT']._serialized_start=577
-  _globals['_REGISTERMODELSRESPONSE_RESULT']._serialized_end=633
-  _globals['_MODELMESHEXTENSIONS']._serialized_start=636
-  _globals['_MODELMESHEXTENSIONS']._serialized_end=807
+  _globals['_REGISTERMODELSREQUEST']._serialized_start=426
+  _globals['_REGISTERMODELSREQUEST']._serialized_end=608
+  _globals['_REGISTERMODELSREQUEST_MINCOPIESENTRY']._serialized_start=560
+  _globals['_REGISTERMODELSREQUEST_MINCOPIESENTRY']._serialized_end=608
+  _globals['_REGISTERMODELSRESPONSE']._serialized_start=611
+  _globals['_REGISTERMODELSRESPONSE']._serialized_end=748
+  _globals['_REGISTERMODELSRESPONSE_RESULT']._serialized_start=692
+  _globals['_REGISTERMODELSRESPONSE_RESULT']._serialized_end=748
+  _globals['_MODELMESHEXTENSIONS']._serialized_start=751
+  _globals['_MODELMESHEXTENSIONS']._serialized_end=922
 # @@protoc_insertion_point(module_scope)

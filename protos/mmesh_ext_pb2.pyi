@@ -42,10 +42,19 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelSummary, _Mapping]]] = ..., nextPageToken: _Optional[str] = ..., totalModels: _Optional[int] = ...) -> None: ...
 
 class RegisterModelsRequest(_message.Message):
-    __slots__ = ("models",)
+    __slots__ = ("models", "minCopies")
+    class MinCopiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    MINCOPIES_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[_model_mesh_pb2.RegisterModelRequest]
-    def __init__(self, models: _Optional[_Iterable[_Union[_model_mesh_pb2.RegisterModelRequest, _Mapping]]] = ...) -> None: ...
+    minCopies: _containers.ScalarMap[str, int]
+    def __init__(self, models: _Optional[_Iterable[_Union[_model_mesh_pb2.RegisterModelRequest, _Mapping]]] = ..., minCopies: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class RegisterModelsResponse(_message.Message):
     __slots__ = ("results",)
