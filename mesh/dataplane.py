@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from mesh.copy_recorder import CopyState
 from mesh.errors import InvalidInput, ModelNotFound
 from mesh.loader import LocalCopy
-from mesh.peers import MODEL_ID_HEADER, VMODEL_ID_HEADER, hop_metadata
+from mesh.peers import MODEL_ID_HEADER, VMODEL_ID_HEADER, Peer, hop_metadata
 from mesh.router import Router
 from mesh.vmodels import VModels
 from protos import grpc_predict_v2_pb2 as v2
@@ -48,26 +48,27 @@ class DataPlane:
         self.request_timeout_s = request_timeout_s
         self.instance_id = instance_id
 
-    def resolve(self, model_name: str, headers: Mapping[str, str | bytes]) -> str:
+    async def resolve(self, model_name: str, headers: Mapping[str, str | bytes]) -> str:
         """The concrete model a request is for. Headers win over the message
         field, as in ModelMesh; a name that is no model but a vModel (an
-        InferenceService name, say) resolves to the vModel's active model."""
+        InferenceService name, say) resolves to the vModel's active model.
+        Views answer; etcd is read only for a name neither view knows."""
         model_id = header(headers, MODEL_ID_HEADER)
         if model_id:
             return model_id
         vmodel_id = header(headers, VMODEL_ID_HEADER)
         if vmodel_id:
-            return self._vmodel_target(vmodel_id)
+            if self.vmodels is None:
+                raise ModelNotFound(f"vModel {vmodel_id!r} is not defined")
+            return await self.vmodels.active_model(vmodel_id)
         if not model_name:
             raise InvalidInput("no model named: set model_name or the mm-model-id header")
-        if self.router.view.get(model_name) is None and self.vmodels is not None and self.vmodels.view.get(model_name):
-            return self.vmodels.active_model(model_name)
-        return model_name
-
-    def _vmodel_target(self, vmodel_id: str) -> str:
-        if self.vmodels is None:
-            raise ModelNotFound(f"vModel {vmodel_id!r} is not defined")
-        return self.vmodels.active_model(vmodel_id)
+        if self.vmodels is None or self.router.view.get(model_name) is not None:
+            return model_name
+        try:
+            return await self.vmodels.active_model(model_name)
+        except ModelNotFound:
+            return model_name  # the router's registry lookup decides
 
     def _hop_metadata(self, model_id: str) -> tuple[tuple[str, str], ...]:
         return hop_metadata(model_id, self.instance_id)
@@ -78,8 +79,8 @@ class DataPlane:
         async def local(copy: LocalCopy) -> v2.ModelInferResponse:
             return await self.runtime.infer(model_id, request, self.request_timeout_s)
 
-        async def remote(stub) -> v2.ModelInferResponse:
-            return await stub.ModelInfer(request, metadata=self._hop_metadata(model_id), timeout=self.request_timeout_s)
+        async def remote(peer: Peer) -> v2.ModelInferResponse:
+            return await peer.v2.ModelInfer(request, metadata=self._hop_metadata(model_id), timeout=self.request_timeout_s)
 
         return await self.router.route(
             model_id, local, remote, forwarded=forwarded, before_load=lambda: _validate_inputs(request)
@@ -97,9 +98,20 @@ class DataPlane:
             response.name = name or model_id
             return response
 
-        async def remote(stub) -> v2.ModelMetadataResponse:
+        async def remote(peer: Peer) -> v2.ModelMetadataResponse:
             request = v2.ModelMetadataRequest(name=name or model_id)
-            return await stub.ModelMetadata(request, metadata=self._hop_metadata(model_id), timeout=self.request_timeout_s)
+            return await peer.v2.ModelMetadata(request, metadata=self._hop_metadata(model_id), timeout=self.request_timeout_s)
+
+        return await self.router.route(model_id, local, remote, forwarded=forwarded)
+
+    async def call_raw(self, method: str, payload: bytes, model_id: str, *, forwarded: bool) -> bytes:
+        """Any other method, as opaque bytes (see mesh/passthrough.py)."""
+
+        async def local(copy: LocalCopy) -> bytes:
+            return await self.runtime.call_raw(method, payload, model_id, self.request_timeout_s)
+
+        async def remote(peer: Peer) -> bytes:
+            return await peer.raw(method, payload, self._hop_metadata(model_id), self.request_timeout_s)
 
         return await self.router.route(model_id, local, remote, forwarded=forwarded)
 

@@ -42,7 +42,7 @@ class InferenceFrontend(v2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: v2.ModelReadyRequest, context) -> v2.ModelReadyResponse:
         async def work() -> v2.ModelReadyResponse:
-            model_id = self.dataplane.resolve(request.name, _headers(context))
+            model_id = await self.dataplane.resolve(request.name, _headers(context))
             return v2.ModelReadyResponse(ready=await self.dataplane.model_ready(model_id))
 
         return await serve_call(context, self.metrics, "ModelReady", work())
@@ -50,7 +50,7 @@ class InferenceFrontend(v2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request: v2.ModelMetadataRequest, context) -> v2.ModelMetadataResponse:
         async def work() -> v2.ModelMetadataResponse:
             headers = _headers(context)
-            model_id = self.dataplane.resolve(request.name, headers)
+            model_id = await self.dataplane.resolve(request.name, headers)
             return await self.dataplane.metadata(model_id, request.name or model_id, forwarded=FORWARDED_HEADER in headers)
 
         return await serve_call(context, self.metrics, "ModelMetadata", work())
@@ -58,7 +58,7 @@ class InferenceFrontend(v2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: v2.ModelInferRequest, context) -> v2.ModelInferResponse:
         async def work() -> v2.ModelInferResponse:
             headers = _headers(context)
-            model_id = self.dataplane.resolve(request.model_name, headers)
+            model_id = await self.dataplane.resolve(request.model_name, headers)
             self.metrics.request_size.observe(request.ByteSize())
             response = await self.dataplane.infer(model_id, request, forwarded=FORWARDED_HEADER in headers)
             self.metrics.response_size.observe(response.ByteSize())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
@@ -31,20 +32,32 @@ def hop_metadata(model_id: str, sender: str) -> tuple[tuple[str, str], ...]:
     return ((MODEL_ID_HEADER, model_id), (FORWARDED_HEADER, sender))
 
 
+@dataclass(frozen=True)
+class Peer:
+    """A connection to one sidecar: its v2 stub, and raw calls for any method."""
+
+    endpoint: str
+    channel: grpc.aio.Channel
+    v2: v2_grpc.GRPCInferenceServiceStub
+
+    async def raw(self, method: str, payload: bytes, metadata, timeout: float) -> bytes:
+        return await self.channel.unary_unary(method)(payload, metadata=metadata, timeout=timeout)
+
+
 class Peers:
     def __init__(self, instances: TableView[InstanceRecord]) -> None:
         self._instances = instances
-        self._channels: dict[str, tuple[str, grpc.aio.Channel, v2_grpc.GRPCInferenceServiceStub]] = {}
+        self._peers: dict[str, Peer] = {}
         self.in_flight: Counter[str] = Counter()
         instances.add_listener(self._on_instance_change)
 
-    def _stub(self, instance_id: str) -> v2_grpc.GRPCInferenceServiceStub:
+    def _peer(self, instance_id: str) -> Peer:
         record = self._instances.get(instance_id)
         if record is None:
             raise RuntimeUnavailable(f"instance {instance_id!r} is not in the mesh")
-        cached = self._channels.get(instance_id)
-        if cached is not None and cached[0] == record.endpoint:
-            return cached[2]
+        cached = self._peers.get(instance_id)
+        if cached is not None and cached.endpoint == record.endpoint:
+            return cached
         channel = grpc.aio.insecure_channel(
             record.endpoint,
             options=[
@@ -52,17 +65,17 @@ class Peers:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
         )
-        stub = v2_grpc.GRPCInferenceServiceStub(channel)
-        self._channels[instance_id] = (record.endpoint, channel, stub)
-        return stub
+        peer = Peer(record.endpoint, channel, v2_grpc.GRPCInferenceServiceStub(channel))
+        self._peers[instance_id] = peer
+        return peer
 
-    async def call(self, instance_id: str, fn: Callable[[v2_grpc.GRPCInferenceServiceStub], Awaitable[T]]) -> T:
-        """Run `fn` against the peer's stub; gRPC failures come back as MeshErrors
+    async def call(self, instance_id: str, fn: Callable[[Peer], Awaitable[T]]) -> T:
+        """Run `fn` against the peer; gRPC failures come back as MeshErrors
         (UNAVAILABLE when the peer cannot be reached)."""
-        stub = self._stub(instance_id)
+        peer = self._peer(instance_id)
         self.in_flight[instance_id] += 1
         try:
-            return await fn(stub)
+            return await fn(peer)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 raise RuntimeUnavailable(f"peer {instance_id} unreachable: {exc.details()}") from exc
@@ -74,12 +87,12 @@ class Peers:
 
     def _on_instance_change(self, instance_id: str, record: InstanceRecord | None) -> None:
         if record is None:
-            cached = self._channels.pop(instance_id, None)
+            cached = self._peers.pop(instance_id, None)
             if cached is not None:
                 # closed in the background: in-flight calls on it fail over
-                asyncio.ensure_future(cached[1].close())
+                asyncio.ensure_future(cached.channel.close())
 
     async def close(self) -> None:
-        for _, channel, _ in self._channels.values():
-            await channel.close()
-        self._channels.clear()
+        for peer in self._peers.values():
+            await peer.channel.close()
+        self._peers.clear()

@@ -21,13 +21,12 @@ from mesh.clock import now_ms
 from mesh.errors import CapacityExhausted, MeshError, ModelLoadFailed, ModelNotFound, RuntimeUnavailable
 from mesh.loader import LocalCopy, ModelLoader
 from mesh.metrics import MeshMetrics
-from mesh.peers import Peers, hop_metadata
+from mesh.peers import Peer, Peers, hop_metadata
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.store import RegistryStore
 from mesh.views import RegistryView, TableView
 from placement import InstanceState, choose_load_target, in_backoff, pick_copy
 from protos import grpc_predict_v2_pb2 as v2
-from protos import grpc_predict_v2_pb2_grpc as v2_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -40,7 +39,7 @@ ROUTE_ATTEMPTS = 3
 # Statuses from a peer after which another target may succeed.
 RETRY_ELSEWHERE = (RuntimeUnavailable, CapacityExhausted)
 
-Remote = Callable[[v2_grpc.GRPCInferenceServiceStub], Awaitable[T]]
+Remote = Callable[[Peer], Awaitable[T]]
 
 
 class Router:
@@ -176,7 +175,7 @@ class Router:
             return
         metadata = hop_metadata(model_id, self.instance_id)
         await self.peers.call(
-            instance_id, lambda stub: stub.ModelMetadata(v2.ModelMetadataRequest(name=model_id), metadata=metadata, timeout=600)
+            instance_id, lambda peer: peer.v2.ModelMetadata(v2.ModelMetadataRequest(name=model_id), metadata=metadata, timeout=600)
         )
 
     def _instance_states(self) -> list[InstanceState]:

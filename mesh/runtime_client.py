@@ -14,7 +14,7 @@ from typing import Protocol
 
 import grpc
 
-from mesh.errors import MeshError, RuntimeUnavailable, error_from_status
+from mesh.errors import MeshError, RuntimeCallError, RuntimeUnavailable, error_from_status
 from protos import grpc_predict_v2_pb2 as v2
 from protos import grpc_predict_v2_pb2_grpc as v2_grpc
 from protos import model_runtime_pb2 as spi
@@ -31,6 +31,7 @@ class RuntimeClient(Protocol):
     async def predict_size(self, request: spi.PredictModelSizeRequest) -> int: ...
     async def infer(self, model_id: str, request: v2.ModelInferRequest, timeout_s: float) -> v2.ModelInferResponse: ...
     async def metadata(self, model_id: str, name: str) -> v2.ModelMetadataResponse: ...
+    async def call_raw(self, method: str, payload: bytes, model_id: str, timeout_s: float) -> bytes: ...
     async def close(self) -> None: ...
 
 
@@ -63,6 +64,9 @@ class InProcessRuntime:
 
     async def metadata(self, model_id: str, name: str) -> v2.ModelMetadataResponse:
         return await self._call(self.repository.metadata, model_id, name)
+
+    async def call_raw(self, method: str, payload: bytes, model_id: str, timeout_s: float) -> bytes:
+        raise RuntimeCallError(grpc.StatusCode.UNIMPLEMENTED, f"the built-in runtime serves the v2 API only, not {method}")
 
     async def close(self) -> None:
         return None
@@ -129,6 +133,9 @@ class GrpcRuntime:
         return await self._call(
             self._v2.ModelMetadata, v2.ModelMetadataRequest(name=name), timeout_s=10, model_id=model_id
         )
+
+    async def call_raw(self, method: str, payload: bytes, model_id: str, timeout_s: float) -> bytes:
+        return await self._call(self._channel.unary_unary(method), payload, timeout_s=timeout_s, model_id=model_id)
 
     async def close(self) -> None:
         await self._channel.close()

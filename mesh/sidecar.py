@@ -21,6 +21,7 @@ from mesh.management import ExtensionsFrontend, Management, ManagementFrontend
 from mesh.metrics import MeshMetrics
 from mesh.instance_publisher import InstancePublisher
 from mesh.leader import Leader
+from mesh.passthrough import MethodPolicy, PassthroughHandler
 from mesh.peers import Peers
 from mesh.records import InstanceRecord, ModelRecord, VModelRecord
 from mesh.status import model_status
@@ -96,6 +97,7 @@ class Sidecar:
         )
         mm_grpc.add_ModelMeshServicer_to_server(ManagementFrontend(self.management, self.metrics), self.server)
         ext_grpc.add_ModelMeshExtensionsServicer_to_server(ExtensionsFrontend(self.management, self.metrics), self.server)
+        self.server.add_generic_rpc_handlers((PassthroughHandler(self.dataplane, MethodPolicy(status), self.metrics),))
         self.grpc_port = self.server.add_insecure_port(f"{s.host}:{s.grpc_port}")
         if not self.grpc_port:
             raise OSError(f"could not bind gRPC port {s.host}:{s.grpc_port}")

@@ -39,6 +39,7 @@ from protos import model_mesh_pb2 as mm
 log = logging.getLogger(__name__)
 
 COMMIT_RETRIES = 20
+STALE_TRANSITION_MS = 30_000
 VStatus = mm.VModelStatusInfo
 
 
@@ -65,14 +66,19 @@ class VModels:
         self.failure_backoff_ms = failure_backoff_ms
         self._driving: dict[str, asyncio.Task[None]] = {}
         self._failed_at: dict[str, int] = {}
+        self._first_seen: dict[str, int] = {}  # transitions seen pending, by the leader
 
     # ---- reads ------------------------------------------------------------------
 
-    def active_model(self, vmodel_id: str) -> str:
-        """The model requests for this alias go to (from the view: no etcd)."""
+    async def active_model(self, vmodel_id: str) -> str:
+        """The model requests for this alias go to: from the view; from etcd
+        only when the view has not heard of it (defined a moment ago)."""
         record = self.view.get(vmodel_id)
         if record is None:
-            raise ModelNotFound(f"vModel {vmodel_id!r} is not defined")
+            record = await self.table.get(vmodel_id)
+            if record is None:
+                raise ModelNotFound(f"vModel {vmodel_id!r} is not defined")
+            self.view.apply(record)
         return record.active
 
     def status(self, vmodel_id: str, owner: str = "") -> mm.VModelStatusInfo:
@@ -192,13 +198,24 @@ class VModels:
         task.add_done_callback(lambda t: self._driving.pop(vmodel_id, None))
 
     def pending(self) -> list[VModelRecord]:
-        """Transitions this sidecar could drive now (leader's retry duty)."""
+        """Transitions the leader should (re-)drive: failed ones once their
+        back-off is over, and ones nobody has finished for `STALE_TRANSITION_MS`
+        (their driver died) — not fresh ones another sidecar is driving."""
         now = now_ms()
-        return [
-            r for r in self.view.records()
-            if r.transitioning and r.vmodel_id not in self._driving
-            and not (r.failed and in_backoff(self._failed_at.get(r.vmodel_id, 0), now, self.failure_backoff_ms))
-        ]
+        due = []
+        transitioning = {r.vmodel_id: r for r in self.view.records() if r.transitioning}
+        for stale in set(self._first_seen) - set(transitioning):
+            del self._first_seen[stale]
+        for vmodel_id, record in transitioning.items():
+            if vmodel_id in self._driving:
+                continue
+            first_seen = self._first_seen.setdefault(vmodel_id, now)
+            if record.failed:
+                if not in_backoff(self._failed_at.get(vmodel_id, first_seen), now, self.failure_backoff_ms):
+                    due.append(record)
+            elif now - first_seen >= STALE_TRANSITION_MS:
+                due.append(record)
+        return due
 
     def retry_pending(self) -> None:
         for record in self.pending():

@@ -109,7 +109,7 @@ def start_sidecar(
             metrics_port=overrides.pop("metrics_port", 0),
             etcd_endpoints=overrides.pop("etcd_endpoints", etcd.endpoint),
             kv_prefix=overrides.pop("kv_prefix", prefix),
-            runtime=runtime,
+            runtime=overrides.pop("runtime", runtime),
             runtime_capacity_bytes=capacity_bytes,
             device="cpu",
             **overrides,
