@@ -185,31 +185,79 @@ def _fail(exc: grpc.RpcError) -> None:
     raise typer.Exit(1)
 
 
+BULK_BATCH = 500
+
+
+def _read_model_file(path: Path) -> list[dict]:
+    """A JSON list of models, or JSON lines: {"modelId", "type", "path", "key", "minCopies"}."""
+    text = path.read_text()
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError:
+        entries = [json.loads(line) for line in text.splitlines() if line.strip()]
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and e.get("modelId") for e in entries):
+        raise typer.BadParameter(f"{path}: expected a JSON list (or JSON lines) of objects with a modelId")
+    return entries
+
+
 @app.command()
 def register(
-    model_id: str,
-    path: Annotated[str, typer.Option(help="model file or directory (or storage URI)")],
+    model_id: Annotated[Optional[str], typer.Argument(help="model id (omit with --from-file)")] = None,
+    path: Annotated[str, typer.Option(help="model file or directory (or storage URI)")] = "",
     type: Annotated[str, typer.Option("--type", help="runtime type, e.g. onnx")] = "onnx",
     key: Annotated[str, typer.Option(help="storage key")] = "",
+    min_copies: Annotated[int, typer.Option(help="copies to keep loaded whatever the traffic")] = 0,
     load_now: Annotated[bool, typer.Option(help="load it right away")] = False,
+    from_file: Annotated[Optional[Path], typer.Option(help="register many: JSON list or JSON lines of models")] = None,
     target: TargetOpt = "127.0.0.1:8033",
 ) -> None:
-    """Register a model with the mesh."""
+    """Register a model (or, with --from-file, many in bulk) with the mesh."""
     from protos import model_mesh_pb2 as mm
     from protos import model_mesh_pb2_grpc as mm_grpc
+    from protos import mmesh_ext_pb2 as ext
+    from protos import mmesh_ext_pb2_grpc as ext_grpc
 
+    if from_file is not None:
+        entries = _read_model_file(from_file)
+    elif model_id and path:
+        entries = [{"modelId": model_id, "type": type, "path": path, "key": key, "minCopies": min_copies}]
+    else:
+        raise typer.BadParameter("give MODEL_ID and --path, or --from-file")
+    counts: dict[str, int] = {}
     with _channel(target) as channel:
-        stub = mm_grpc.ModelMeshStub(channel)
-        request = mm.RegisterModelRequest(
-            modelId=model_id, modelInfo=mm.ModelInfo(type=type, path=path, key=key), loadNow=load_now, sync=load_now
-        )
-        try:
-            status = stub.registerModel(request, timeout=120)
-        except grpc.RpcError as exc:
-            _fail(exc)
-    console.print(f"{model_id}: {mm.ModelStatusInfo.ModelStatus.Name(status.status)}")
-    for error in status.errors:
-        console.print(f"  [red]{error}[/]")
+        stub = ext_grpc.ModelMeshExtensionsStub(channel)
+        for start in range(0, len(entries), BULK_BATCH):
+            batch = entries[start : start + BULK_BATCH]
+            request = ext.RegisterModelsRequest(
+                models=[
+                    mm.RegisterModelRequest(
+                        modelId=e["modelId"],
+                        modelInfo=mm.ModelInfo(type=e.get("type", "onnx"), path=e.get("path", ""), key=e.get("key", "")),
+                        loadNow=load_now,
+                        sync=load_now,
+                    )
+                    for e in batch
+                ],
+                minCopies={e["modelId"]: int(e["minCopies"]) for e in batch if e.get("minCopies")},
+            )
+            try:
+                response = stub.registerModels(request, timeout=600)
+            except grpc.RpcError as exc:
+                _fail(exc)
+            for result in response.results:
+                counts[result.code] = counts.get(result.code, 0) + 1
+                if result.code != "OK":
+                    console.print(f"{result.modelId}: {result.code} {result.message}", markup=False)
+        if from_file is None and counts.get("OK"):
+            status = mm_grpc.ModelMeshStub(channel).getModelStatus(mm.GetStatusRequest(modelId=model_id), timeout=30)
+            console.print(f"{model_id}: {mm.ModelStatusInfo.ModelStatus.Name(status.status)}")
+            for error in status.errors:
+                console.print(f"  {error}", markup=False)
+            return
+    summary = ", ".join(f"{n} {code}" for code, n in sorted(counts.items()))
+    console.print(f"{len(entries)} model(s): {summary}")
+    if set(counts) - {"OK"}:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -8,10 +8,11 @@ one place per protocol.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 
 from mesh.copy_recorder import CopyState
-from mesh.errors import InvalidInput, ModelNotFound
+from mesh.errors import InvalidInput, MeshError, ModelNotFound
 from mesh.loader import LocalCopy
 from mesh.peers import MODEL_ID_HEADER, VMODEL_ID_HEADER, Peer, hop_metadata
 from mesh.router import Router
@@ -43,6 +44,7 @@ async def _validate_inputs(request: v2.ModelInferRequest) -> None:
 class DataPlane:
     def __init__(self, router: Router, request_timeout_s: float, instance_id: str = "", vmodels: VModels | None = None) -> None:
         self.router = router
+        self.metrics = router.metrics
         self.vmodels = vmodels
         self.runtime = router.loader.runtime
         self.request_timeout_s = request_timeout_s
@@ -77,7 +79,15 @@ class DataPlane:
         self, model_id: str, request: v2.ModelInferRequest, *, forwarded: bool = False
     ) -> v2.ModelInferResponse:
         async def local(copy: LocalCopy) -> v2.ModelInferResponse:
-            return await self.runtime.infer(model_id, request, self.request_timeout_s)
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                return await self.runtime.infer(model_id, request, self.request_timeout_s)
+            except MeshError as exc:
+                code = exc.code.name
+                raise
+            finally:
+                self.metrics.invoke_model_ms.labels("ModelInfer", code).observe((time.perf_counter() - started) * 1e3)
 
         async def remote(peer: Peer) -> v2.ModelInferResponse:
             return await peer.v2.ModelInfer(request, metadata=self._hop_metadata(model_id), timeout=self.request_timeout_s)

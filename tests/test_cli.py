@@ -3,6 +3,7 @@ other `mmesh` commands, and stopped with Ctrl-C (SIGINT)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -66,12 +67,22 @@ def test_up_serves_examples_and_stops_cleanly_on_ctrl_c(mesh_up, tmp_path):
     out = run("register", "second-add", "--path", str(models_dir / "add-one"), "--load-now", "-t", target)
     assert out.returncode == 0 and "LOADED" in out.stdout, out.stdout + out.stderr
 
+    bulk = tmp_path / "bulk.json"
+    bulk.write_text(json.dumps([
+        {"modelId": "bulk-a", "path": str(models_dir / "add-one")},
+        {"modelId": "bulk-b", "path": str(models_dir / "dense-64"), "minCopies": 1},
+        {"modelId": "add-one", "path": "/somewhere/else"},
+    ]))
+    out = run("register", "--from-file", str(bulk), "-t", target)
+    assert out.returncode == 1  # one conflicting definition
+    assert "add-one: ALREADY_EXISTS" in out.stdout and "2 OK" in out.stdout, out.stdout
+
     out = run("models", "-t", target)
     assert out.returncode == 0
     rows = {line.split("│")[1].strip(): line for line in out.stdout.splitlines() if line.count("│") > 3}
     assert set(rows) >= {"add-one", "dense-64", "echo-text", "second-add"}
     assert "LOADED" in rows["add-one"] and "NOT_LOADED" in rows["dense-64"]
-    assert "4 models registered" in out.stdout
+    assert "6 models registered" in out.stdout
 
     out = run("infer", "missing", "--data", "[[1]]", "-t", target)
     assert out.returncode == 1 and "NOT_FOUND" in out.stdout
