@@ -99,15 +99,15 @@ class Router:
             # served here: a hop already happened, or a load here is under way
             return await self._serve(model_id, await self._miss(model_id, before_load), local)
         record = await self.record(model_id)
-        if before_load is not None:
-            await before_load()
-            before_load = None
         tried: set[str] = set()
         last: MeshError | None = None
         for _ in range(ROUTE_ATTEMPTS):
-            target = await self._target(record, tried)
+            target, existing = await self._target(record, tried)
             if target is None:
                 break
+            if (not existing or target == self.instance_id) and before_load is not None:
+                await before_load()  # this request may cause a load: check it first
+                before_load = None
             if target == self.instance_id:
                 return await self._serve(model_id, await self._miss(model_id, None), local)
             try:
@@ -139,17 +139,16 @@ class Router:
             failures[self.instance_id] = (local.since_ms, local.error)
         return failures
 
-    async def _target(self, record: ModelRecord, tried: set[str]) -> str | None:
-        """A loaded copy (fewer in-flight of two random ones), else a loading
-        copy (its load is shared), else where placement puts a new copy."""
+    async def _target(self, record: ModelRecord, tried: set[str]) -> tuple[str | None, bool]:
+        """(instance, whether a copy exists there): a loaded copy (fewer
+        in-flight of two random ones), else a loading copy (its load is
+        shared), else where placement puts a new copy."""
         live = self.live_instances()
-        loaded = [i for i in record.instances if i in live and i not in tried]
-        if loaded:
-            return pick_copy([(i, self.peers.in_flight[i]) for i in loaded], self.rng)
-        loading = [i for i in record.loading if i in live and i not in tried]
-        if loading:
-            return pick_copy([(i, self.peers.in_flight[i]) for i in loading], self.rng)
-        return await self.load_target(record, tried)
+        for copies in (record.instances, record.loading):
+            candidates = [i for i in copies if i in live and i not in tried]
+            if candidates:
+                return pick_copy([(i, self.peers.in_flight[i]) for i in candidates], self.rng), True
+        return await self.load_target(record, tried), False
 
     async def load_target(
         self, record: ModelRecord, exclude: set[str], *, prefer_zones_other_than: set[str] = frozenset()
