@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import grpc
 
 from mesh.clock import now_ms
 from mesh.errors import AlreadyExists, InvalidInput, MeshError, PreconditionFailed

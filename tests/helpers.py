@@ -4,7 +4,10 @@ read status through the management API, and scrape Prometheus metrics."""
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -39,3 +42,26 @@ def metric(port: int, name: str) -> float:
         if match:
             total += float(match.group(2))
     return total
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float = 10.0, what: str = "condition") -> float:
+    """Poll until `predicate()` holds (bounded); returns the seconds it took."""
+    started = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - started < timeout_s, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+@contextmanager
+def loads_held(sidecar, loop_thread) -> Iterator[None]:
+    """Hold every load slot of `sidecar`, so loads queue until the block ends:
+    tests make request overlap certain instead of a matter of timing."""
+    slots = sidecar.loader.config.max_loading_concurrency
+    for _ in range(slots):
+        loop_thread.run(sidecar.loader._load_slots.acquire())
+    try:
+        yield
+    finally:
+        for _ in range(slots):
+            loop_thread.loop.call_soon_threadsafe(sidecar.loader._load_slots.release)

@@ -13,18 +13,13 @@ from protos import model_mesh_pb2 as mm
 from protos import mmesh_ext_pb2 as ext
 from protos import mmesh_ext_pb2_grpc as ext_grpc
 from runtime_adapter.runtimes.onnx import SESSION_OVERHEAD_BYTES
-from tests.helpers import register
+from tests.helpers import register, wait_for
 
 import grpc
 
 FAST = dict(copy_scale_interval_s=0.3, scale_up_rps=20.0, copy_idle_s=1.0)
 
 
-def wait_for(predicate, timeout_s: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def infer(client: triton.InferenceServerClient, model_id: str) -> None:

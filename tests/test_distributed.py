@@ -4,16 +4,14 @@ copies, capacity respected everywhere, instance records and the leader."""
 from __future__ import annotations
 
 import random
-import time
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 import tritonclient.grpc as triton
 
 from mesh.etcd_process import free_port
 from runtime_adapter.runtimes.onnx import SESSION_OVERHEAD_BYTES
-from tests.helpers import metric, register, status
+from tests.helpers import metric, register, status, wait_for
 
 
 def expected_outputs(models_dir, x: np.ndarray) -> dict[int, np.ndarray]:
@@ -24,11 +22,6 @@ def expected_outputs(models_dir, x: np.ndarray) -> dict[int, np.ndarray]:
     return out
 
 
-def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_three_sidecars_thirty_models_random_traffic(start_sidecar, loop_thread, models_dir):

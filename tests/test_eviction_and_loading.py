@@ -3,7 +3,6 @@ sidecar, in both runtime modes."""
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,7 +13,7 @@ from tritonclient.utils import InferenceServerException
 from mesh.etcd_process import free_port
 from runtime_adapter.runtimes.onnx import SESSION_OVERHEAD_BYTES
 from protos import model_mesh_pb2 as mm
-from tests.helpers import management, metric, register, status, status_name
+from tests.helpers import loads_held, management, metric, register, status, status_name, wait_for
 
 
 def dense_size(models_dir, i: int) -> int:
@@ -63,19 +62,11 @@ def test_fifty_concurrent_first_requests_share_one_load(start_sidecar, loop_thre
     sidecar = start_sidecar(runtime_mode, metrics_port=metrics_port)
     register(sidecar.address, "dense-0", models_dir / "dense-0")
     client = triton.InferenceServerClient(sidecar.address)
-    # Hold every load slot so the load cannot finish before all 50 requests
-    # are waiting for it: the overlap is certain, not a matter of timing.
-    slots = sidecar.loader.config.max_loading_concurrency
-    for _ in range(slots):
-        loop_thread.run(sidecar.loader._load_slots.acquire())
+    # the load cannot finish before all 50 requests are waiting for it
     with ThreadPoolExecutor(max_workers=50) as pool:
-        futures = [pool.submit(infer_dense, client, "dense-0") for _ in range(50)]
-        deadline = time.monotonic() + 30
-        while metric(metrics_port, "mmesh_requests_waiting_for_load") < 50:
-            assert time.monotonic() < deadline, "requests did not all arrive"
-            time.sleep(0.02)
-        for _ in range(slots):
-            loop_thread.loop.call_soon_threadsafe(sidecar.loader._load_slots.release)
+        with loads_held(sidecar, loop_thread):
+            futures = [pool.submit(infer_dense, client, "dense-0") for _ in range(50)]
+            wait_for(lambda: metric(metrics_port, "mmesh_requests_waiting_for_load") >= 50, 30, "all requests to wait")
         outputs = [f.result(timeout=60) for f in futures]
     assert len(outputs) == 50
     for out in outputs[1:]:
@@ -116,18 +107,11 @@ def test_unregistered_while_loading_is_unloaded_not_leaked(start_sidecar, loop_t
     sidecar = start_sidecar(metrics_port=metrics_port)
     register(sidecar.address, "dense-4", models_dir / "dense-4")
     client = triton.InferenceServerClient(sidecar.address)
-    slots = sidecar.loader.config.max_loading_concurrency
-    for _ in range(slots):
-        loop_thread.run(sidecar.loader._load_slots.acquire())
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(infer_dense, client, "dense-4")
-        deadline = time.monotonic() + 30
-        while metric(metrics_port, "mmesh_requests_waiting_for_load") < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        management(sidecar.address).unregisterModel(mm.UnregisterModelRequest(modelId="dense-4"), timeout=30)
-        for _ in range(slots):
-            loop_thread.loop.call_soon_threadsafe(sidecar.loader._load_slots.release)
+        with loads_held(sidecar, loop_thread):
+            pending = pool.submit(infer_dense, client, "dense-4")
+            wait_for(lambda: metric(metrics_port, "mmesh_requests_waiting_for_load") >= 1, 30, "the request to wait")
+            management(sidecar.address).unregisterModel(mm.UnregisterModelRequest(modelId="dense-4"), timeout=30)
         with pytest.raises(InferenceServerException) as err:
             pending.result(timeout=60)
     assert err.value.status() == "StatusCode.NOT_FOUND"

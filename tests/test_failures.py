@@ -14,23 +14,16 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pytest
 import tritonclient.grpc as triton
 
 from mesh.etcd_process import EtcdProcess, free_port
 from mesh.records import InstanceRecord
 from mesh.store import EtcdTable, RegistryStore
-from tests.helpers import register, status
+from tests.helpers import register, status, wait_for
 
 TTL_S = 3
 
 
-def wait_for(predicate, timeout_s: float, what: str) -> float:
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < timeout_s, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return time.monotonic() - started
 
 
 def start_mesh_process(etcd: str, prefix: str, instance_id: str, data_dir: Path) -> tuple[subprocess.Popen, str]:

@@ -4,7 +4,6 @@ model serving; deletion releases references (and auto-delete models)."""
 
 from __future__ import annotations
 
-import time
 
 import grpc
 import numpy as np
@@ -13,16 +12,11 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from protos import model_mesh_pb2 as mm
-from tests.helpers import management, register, status
+from tests.helpers import management, register, status, wait_for
 
 V = mm.VModelStatusInfo
 
 
-def wait_for(predicate, timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def infer(address: str, name: str = "", headers=None) -> np.ndarray:
