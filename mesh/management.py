@@ -7,6 +7,8 @@ sidecar's view, so a request right after registerModel finds the model.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
 
 
@@ -120,10 +122,11 @@ class Management:
     def list(self, request: ext.ListModelsRequest) -> ext.ListModelsResponse:
         wanted = set(request.statusFilter)
         page_size = request.pageSize or DEFAULT_PAGE_SIZE
-        ids = sorted(m.model_id for m in self.view.records() if m.model_id > request.pageToken)
+        ordered = self.view.sorted_ids()
+        start = bisect.bisect_right(ordered, request.pageToken) if request.pageToken else 0
         models: list[ext.ModelSummary] = []
         last = ""
-        for model_id in ids:
+        for model_id in itertools.islice(ordered, start, None):
             record = self.view.get(model_id)
             if record is None:
                 continue
@@ -142,7 +145,7 @@ class Management:
             )
             if len(models) >= page_size:
                 break
-        more = bool(models) and last != ids[-1] if ids else False
+        more = bool(models) and last != ordered[-1]
         return ext.ListModelsResponse(models=models, nextPageToken=last if more else "", totalModels=len(self.view))
 
 

@@ -34,6 +34,8 @@ class TableView(Generic[R]):
         self._tombstones: dict[str, int] = {}
         self._tombstone_order: deque[tuple[int, str]] = deque()
         self.revision = 0
+        self.membership = 0  # bumped when an id comes or goes (not on updates)
+        self._sorted: tuple[int, list[str]] | None = None
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()
@@ -54,6 +56,13 @@ class TableView(Generic[R]):
         """A live view of the ids (no copy)."""
         return self._records.keys()
 
+    def sorted_ids(self) -> list[str]:
+        """Ids in order, re-sorted only after ids came or went (paging a
+        100,000-model registry must not sort it for every page)."""
+        if self._sorted is None or self._sorted[0] != self.membership:
+            self._sorted = (self.membership, sorted(self._records))
+        return self._sorted[1]
+
     def add_listener(self, listener: Listener) -> None:
         """Called with (record_id, record or None) after every change."""
         self._listeners.append(listener)
@@ -72,6 +81,8 @@ class TableView(Generic[R]):
             return
         if self._tombstones.get(record_id, -1) >= record.mod_revision:
             return
+        if current is None:
+            self.membership += 1
         self._records[record_id] = record
         self._notify(record_id, record)
 
@@ -82,6 +93,7 @@ class TableView(Generic[R]):
         self._tombstones[record_id] = revision
         self._tombstone_order.append((revision, record_id))
         if self._records.pop(record_id, None) is not None:
+            self.membership += 1
             self._notify(record_id, None)
 
     def _advance(self, revision: int) -> None:
