@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 import aetcd
+import grpc
 from aetcd import exceptions as etcd_errors
+from aetcd import rpc as etcd_rpc
+from aetcd import utils as etcd_utils
 
 from mesh.errors import RegistryUnavailable
 from mesh.records import ModelRecord
@@ -27,6 +30,8 @@ log = logging.getLogger(__name__)
 
 CAS_RETRIES = 50
 ETCD_CALL_TIMEOUT_S = 5
+LIST_PAGE_SIZE = 5000
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # one watch response may carry a burst of registrations
 
 
 class Record(Protocol):
@@ -63,7 +68,8 @@ def _parse_endpoint(endpoints: str) -> tuple[str, int]:
 def connect_client(endpoints: str) -> aetcd.Client:
     """An etcd client for the first endpoint (calls time out rather than hang)."""
     host, port = _parse_endpoint(endpoints)
-    return aetcd.Client(host=host, port=port, timeout=ETCD_CALL_TIMEOUT_S)
+    options = {"grpc.max_receive_message_length": MAX_MESSAGE_BYTES, "grpc.max_send_message_length": MAX_MESSAGE_BYTES}
+    return aetcd.Client(host=host, port=port, timeout=ETCD_CALL_TIMEOUT_S, options=options)
 
 
 class EtcdTable(Generic[R]):
@@ -190,12 +196,22 @@ class EtcdTable(Generic[R]):
             )
         return responses[0].response_delete_range.header.revision if ok else None
 
-    async def list(self) -> tuple[list[R], int]:
-        """All records and the revision they were read at (the watch resumes after it)."""
-        async with _unavailable_on_error(f"list {self.table}"):
-            got = await self._client.get_prefix(self._root)
-        records = [self._decode(self._id_of(kv.key), kv.value, kv.mod_revision) for kv in got.kvs]
-        return records, got.header.revision
+    async def list(self, page_size: int = LIST_PAGE_SIZE) -> tuple[list[R], int]:
+        """All records and the revision they were read at (the watch resumes
+        after it). Read in pages, all at that one revision, so a registry of
+        any size never needs a single oversized response."""
+        await self._client.connect()
+        end = etcd_utils.prefix_range_end(self._root)
+        key, revision, records = self._root, 0, []
+        while True:
+            request = etcd_rpc.RangeRequest(key=key, range_end=end, limit=page_size, revision=revision)
+            async with _unavailable_on_error(f"list {self.table}"):
+                got = await self._client.kvstub.Range(request, timeout=ETCD_CALL_TIMEOUT_S * 6, metadata=self._client.metadata)
+            revision = revision or got.header.revision
+            records.extend(self._decode(self._id_of(kv.key), kv.value, kv.mod_revision) for kv in got.kvs)
+            if not got.more or not got.kvs:
+                return records, revision
+            key = got.kvs[-1].key + b"\0"
 
     async def watch(self, start_revision: int) -> AsyncIterator[TableEvent[R]]:
         """Registry changes from `start_revision` on. Raises
@@ -257,5 +273,5 @@ async def _unavailable_on_error(doing: str) -> AsyncIterator[None]:
     """Turns etcd client failures into RegistryUnavailable (gRPC UNAVAILABLE)."""
     try:
         yield
-    except (etcd_errors.ClientError, OSError, asyncio.TimeoutError) as exc:
+    except (etcd_errors.ClientError, grpc.RpcError, OSError, asyncio.TimeoutError) as exc:
         raise RegistryUnavailable(f"could not {doing}: etcd is unreachable ({exc})") from exc

@@ -599,3 +599,12 @@ async def test_copy_recorders_of_two_instances_do_not_clobber(
     finally:
         await r1.close()
         await r2.close()
+
+
+async def test_list_reads_in_pages_at_one_revision(store: RegistryStore) -> None:
+    for i in range(10):
+        await store.create(ModelRecord(model_id=f"page-{i}", type="onnx"))
+    records, revision = await store.list(page_size=3)
+    assert sorted(r.model_id for r in records) == [f"page-{i}" for i in range(10)]
+    assert all(r.mod_revision <= revision for r in records)
+    assert revision == max(r.mod_revision for r in records)
