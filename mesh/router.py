@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TypeVar
 
 from mesh.clock import now_ms
@@ -24,6 +25,7 @@ from mesh.metrics import MeshMetrics
 from mesh.peers import Peer, Peers, hop_metadata
 from mesh.records import InstanceRecord, ModelRecord
 from mesh.store import RegistryStore
+from mesh.type_constraints import TypeConstraints
 from mesh.views import RegistryView, TableView
 from placement import InstanceState, choose_load_target, in_backoff, pick_copy
 from protos import grpc_predict_v2_pb2 as v2
@@ -55,7 +57,13 @@ class Router:
         peers: Peers | None = None,
         failure_backoff_ms: int = 30_000,
         rng: random.Random | None = None,
+        zone: str = "",
+        labels: frozenset[str] = frozenset(),
+        constraints: TypeConstraints = TypeConstraints(),
     ) -> None:
+        self.zone = zone
+        self.labels = labels
+        self.constraints = constraints
         self.view = view
         self.store = store
         self.loader = loader
@@ -159,6 +167,7 @@ class Router:
         size = await self.loader.predicted_size(record)
         return choose_load_target(
             size, self._instance_states(), receiving_id=self.instance_id, exclude=excluded,
+            required_labels=self.constraints.labels_for(record.type),
             prefer_zones_other_than=prefer_zones_other_than,
         )
 
@@ -179,7 +188,7 @@ class Router:
 
     def _instance_states(self) -> list[InstanceState]:
         """Peers as their records say; this instance as its loader says now."""
-        states = [self.loader.instance_state(self.instance_id)]
+        states = [replace(self.loader.instance_state(self.instance_id), zone=self.zone, labels=self.labels)]
         if self.instances is not None:
             for rec in self.instances.records():
                 if rec.instance_id == self.instance_id:

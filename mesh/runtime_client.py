@@ -32,6 +32,7 @@ class RuntimeClient(Protocol):
     async def infer(self, model_id: str, request: v2.ModelInferRequest, timeout_s: float) -> v2.ModelInferResponse: ...
     async def metadata(self, model_id: str, name: str) -> v2.ModelMetadataResponse: ...
     async def call_raw(self, method: str, payload: bytes, model_id: str, timeout_s: float) -> bytes: ...
+    def type_labels(self) -> frozenset[str]: ...
     async def close(self) -> None: ...
 
 
@@ -64,6 +65,10 @@ class InProcessRuntime:
 
     async def metadata(self, model_id: str, name: str) -> v2.ModelMetadataResponse:
         return await self._call(self.repository.metadata, model_id, name)
+
+    def type_labels(self) -> frozenset[str]:
+        """`mt:<type>` for each model type the built-in runtimes serve."""
+        return frozenset(f"mt:{t}" for t in self.repository.model_types)
 
     async def call_raw(self, method: str, payload: bytes, model_id: str, timeout_s: float) -> bytes:
         raise RuntimeCallError(grpc.StatusCode.UNIMPLEMENTED, f"the built-in runtime serves the v2 API only, not {method}")
@@ -133,6 +138,9 @@ class GrpcRuntime:
         return await self._call(
             self._v2.ModelMetadata, v2.ModelMetadataRequest(name=name), timeout_s=10, model_id=model_id
         )
+
+    def type_labels(self) -> frozenset[str]:
+        return frozenset()  # an external runtime's types come from the operator's MM_LABELS
 
     async def call_raw(self, method: str, payload: bytes, model_id: str, timeout_s: float) -> bytes:
         return await self._call(self._channel.unary_unary(method), payload, timeout_s=timeout_s, model_id=model_id)

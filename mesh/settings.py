@@ -24,6 +24,9 @@ class MeshSettings(BaseSettings):
     advertise_host: str = ""  # how peers reach this sidecar; default: host
     zone: str = Field("", validation_alias=AliasChoices("MM_ZONE", "MMESH_ZONE", "zone"))
     labels: str = Field("", validation_alias=AliasChoices("MM_LABELS", "MMESH_LABELS", "labels"))  # comma-separated
+    # {"<model type>": {"required": [labels]}, "_default": {...}}; the built-in
+    # runtime adds the label "mt:<type>" for each type it serves
+    type_constraints: str = Field("", validation_alias=AliasChoices("MM_TYPE_CONSTRAINTS", "MMESH_TYPE_CONSTRAINTS", "type_constraints"))
     instance_ttl_s: int = 10  # lease of the instance record: a dead sidecar leaves every view within this
     metrics_port: int = 2112  # 0 disables the metrics endpoint
     etcd_endpoints: str = "127.0.0.1:2379"  # comma-separated host:port

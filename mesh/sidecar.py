@@ -29,6 +29,7 @@ from mesh.router import Router
 from mesh.runtime_client import GrpcRuntime, InProcessRuntime, RuntimeClient
 from mesh.settings import MeshSettings
 from mesh.store import EtcdTable, RegistryStore
+from mesh.type_constraints import TypeConstraints
 from mesh.views import RegistryView, TableView
 from mesh.vmodels import VModels
 from protos import grpc_predict_v2_pb2_grpc as v2_grpc
@@ -76,10 +77,12 @@ class Sidecar:
         self.instances = TableView(self.instances_table)
         await self.instances.start()
         self.peers = Peers(self.instances)
+        self.labels = frozenset(label for label in s.labels.split(",") if label) | self.runtime.type_labels()
         self.router = Router(
             self.view, self.store, self.loader, self.metrics,
             instance_id=s.instance_id, instances=self.instances, peers=self.peers,
             failure_backoff_ms=s.load_failure_backoff_ms,
+            zone=s.zone, labels=self.labels, constraints=TypeConstraints.parse(s.type_constraints),
         )
         self.vmodel_table = EtcdTable(self.store.client, s.kv_prefix, "vmodels", VModelRecord.from_json)
         self.vmodel_view = TableView(self.vmodel_table)
@@ -157,7 +160,7 @@ class Sidecar:
             instance_id=s.instance_id,
             endpoint=f"{s.advertise_host or s.host}:{self.grpc_port}",
             zone=s.zone,
-            labels=tuple(label for label in s.labels.split(",") if label),
+            labels=tuple(sorted(self.labels)),
             capacity_bytes=lru.capacity_bytes,
             used_bytes=lru.used_bytes,
             lru_ms=lru.lru_ms() or 0,

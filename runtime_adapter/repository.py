@@ -84,6 +84,10 @@ class ModelRepository:
             },
         )
 
+    @property
+    def model_types(self) -> list[str]:
+        return sorted(self._runtimes)
+
     def _runtime_for(self, model_type: str) -> Runtime:
         runtime = self._runtimes.get(model_type)
         if runtime is None:

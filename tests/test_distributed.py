@@ -108,3 +108,17 @@ def test_instance_records_and_leader(start_sidecar, loop_thread):
     loop_thread.run(leader.stop())  # graceful: revokes its lease and hands over leadership
     wait_for(lambda: follower.leader.is_leader, timeout_s=10, what="re-election")
     wait_for(lambda: len(follower.instances) == 1, what="stopped instance to leave the view")
+
+
+def test_type_constraints_restrict_where_models_load(start_sidecar, models_dir):
+    """MM_TYPE_CONSTRAINTS: onnx models need the label gpu-pool; only b has it."""
+    constraints = '{"onnx": {"required": ["gpu-pool"]}}'
+    a = start_sidecar(type_constraints=constraints)
+    b = start_sidecar(type_constraints=constraints, labels="gpu-pool")
+    wait_for(lambda: len(a.instances) == 2 and len(b.instances) == 2, what="instances")
+    assert "mt:onnx" in a.instances.get(b.settings.instance_id).labels  # the built-in runtime's type label
+    register(a.address, "constrained", models_dir / "dense-2")
+    inp = triton.InferInput("x", [1, 64], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 64), np.float32))
+    triton.InferenceServerClient(a.address).infer("constrained", [inp])
+    assert not a.loader.try_peek("constrained") and b.loader.try_peek("constrained")
