@@ -48,7 +48,6 @@ def serving(address: str) -> bool:
 
 def start_up(stack: ExitStack, etcd: str, prefix: str, name: str, data: Path, instances: int = 1) -> tuple[subprocess.Popen, list[str]]:
     base = free_port()
-    ports = [base] + [free_port() for _ in range(instances - 1)]
     cmd = [sys.executable, "-m", "mesh.cli", "up", "--etcd", etcd, "--kv-prefix", prefix, "--instance-id", f"{name}-0",
            "--grpc-port", str(base), "--metrics-port", "0", "--no-examples", "--instances", str(instances),
            "--data-dir", str(data / name)]
