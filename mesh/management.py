@@ -13,14 +13,14 @@ import logging
 
 
 from mesh.clock import now_ms
-from mesh.errors import AlreadyExists, InvalidInput, MeshError, PreconditionFailed
+from mesh.errors import AlreadyExists, InvalidInput, MeshError, PreconditionFailed, RegistryUnavailable
 from mesh.grpc_errors import serve_call
 from mesh.loader import ModelLoader
 from mesh.metrics import MeshMetrics
 from mesh.records import ModelRecord
 from mesh.router import Router
 from mesh.status import model_status
-from mesh.store import RegistryStore
+from mesh.store import CAS_RETRIES, RegistryStore
 from mesh.views import RegistryView
 from mesh.vmodels import VModels
 from protos import model_mesh_pb2 as mm
@@ -87,15 +87,21 @@ class Management:
     async def unregister(self, model_id: str) -> None:
         if not model_id:
             raise InvalidInput("modelId is empty")
-        record = await self.store.get(model_id)
-        if record is None:
-            return
-        if record.refs:
-            raise PreconditionFailed(f"model {model_id!r} is referenced by {record.refs} vModel(s); delete or re-target them first")
-        revision = await self.store.delete_if_unchanged(model_id, record.mod_revision)
-        if revision is None:
-            raise PreconditionFailed(f"model {model_id!r} changed while being unregistered; try again")
-        self.view.apply_delete(model_id, revision)
+        # copy-state writes may land between the read and the delete: the
+        # delete is conditional (a vModel reference must not slip in), so retry
+        for _ in range(CAS_RETRIES):
+            record = await self.store.get(model_id)
+            if record is None:
+                return
+            if record.refs:
+                raise PreconditionFailed(
+                    f"model {model_id!r} is referenced by {record.refs} vModel(s); delete or re-target them first"
+                )
+            revision = await self.store.delete_if_unchanged(model_id, record.mod_revision)
+            if revision is not None:
+                self.view.apply_delete(model_id, revision)
+                return
+        raise RegistryUnavailable(f"model {model_id!r} kept changing while being unregistered; try again")
 
     async def ensure_loaded(self, request: mm.EnsureLoadedRequest) -> mm.ModelStatusInfo:
         record = await self.router.record(request.modelId)

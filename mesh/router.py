@@ -117,7 +117,13 @@ class Router:
                 await before_load()  # this request may cause a load: check it first
                 before_load = None
             if target == self.instance_id:
-                return await self._serve(model_id, await self._miss(model_id, None), local)
+                try:
+                    copy = await self._miss(model_id, None)
+                except RETRY_ELSEWHERE as exc:  # no room here after all: a peer may have some
+                    tried.add(target)
+                    last = exc
+                    continue
+                return await self._serve(model_id, copy, local)
             try:
                 result = await self.peers.call(target, remote)
                 self.metrics.forwarded.labels("ok").inc()
@@ -128,6 +134,8 @@ class Router:
                 tried.add(target)
                 last = exc
                 record = self.view.get(model_id) or record
+        if isinstance(last, CapacityExhausted):
+            raise last
         if last is not None:
             raise RuntimeUnavailable(f"model {model_id!r}: no copy could serve after {len(tried)} attempts; last: {last.message}")
         failures = self._recent_failures(record)
