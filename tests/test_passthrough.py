@@ -92,7 +92,12 @@ def test_custom_method_is_routed_with_the_model_id_injected(start_sidecar, loop_
         got = shout(a.address, (("mm-model-id", "custom-model"),))
         assert got.name == "custom-model" and got.platform == "echo:7"  # id injected, the rest untouched
         assert rt1.loaded == {"custom-model"}  # loaded on demand where the request arrived
-        # through the other sidecar: forwarded to the copy as raw bytes
+        # through the other sidecar: forwarded to the copy as raw bytes (once
+        # b has heard of the copy; the copy state reaches etcd asynchronously)
+        deadline = time.monotonic() + 10
+        while a.settings.instance_id not in b.view.get("custom-model").instances:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         got = shout(b.address, (("mm-model-id", "custom-model"),))
         assert got.name == "custom-model"
         assert rt2.loaded == set() and len(rt1.calls) == 2
