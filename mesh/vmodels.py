@@ -140,8 +140,9 @@ class VModels:
         if target not in models:
             raise ModelNotFound(f"target model {target!r} of vModel {vmodel_id!r} is not registered")
         writes: list[Write] = []
-        new_target = models[target]
-        new_target.refs += 1
+        # the vModel holds one reference on each of its active and target models
+        # (one when they are the same): re-targeting to the active adds none
+        gains_reference = current is None or target != current.active
         if current is None:
             record = VModelRecord(vmodel_id, active=target, target=target, owner=owner)
             writes.append(Write(self.table, vmodel_id, record, 0))
@@ -159,7 +160,10 @@ class VModels:
                     if active is not None:
                         writes += self._release(active)
             writes.append(Write(self.table, vmodel_id, record, current.mod_revision))
-        writes.insert(0, Write(self.store, target, new_target, models[target].mod_revision))
+        if gains_reference:
+            new_target = models[target].copy()
+            new_target.refs += 1
+            writes.insert(0, Write(self.store, target, new_target, models[target].mod_revision))
         revision = await commit(self.store.client, writes)
         if revision is None:
             return False

@@ -89,6 +89,7 @@ def test_failed_target_leaves_old_model_serving(pair, models_dir):
     info = set_vmodel(b.address, "svc", "good")
     assert info.status == V.DEFINED and info.activeModelId == "good"
     wait_for(lambda: a.view.get("broken").refs == 0, what="broken target released")
+    assert a.view.get("good").refs == 1  # one alias, one reference
 
 
 def test_delete_and_references(pair, models_dir):
