@@ -109,16 +109,7 @@ class InstancePublisher:
                 await self._publish()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # etcd down: keep serving, retry soon
+            except Exception as exc:  # etcd down: keep serving; the refresh in 1 s renews a lost lease
                 log.warning("instance record not published (%s); retrying", exc)
                 next_refresh = loop.time() + 1.0
-                try:
-                    await self._renew_lease_if_lost()
-                except Exception:
-                    pass
             await asyncio.sleep(self._min_interval_s)
-
-    async def _renew_lease_if_lost(self) -> None:
-        reply = await self._lease.refresh()
-        if reply is None or reply.TTL <= 0:
-            await self._renew_lease()
