@@ -49,7 +49,17 @@ class Sidecar:
     metrics_port: int = 0
 
     async def start(self) -> "Sidecar":
+        """Start everything; if any part fails, stop what already started
+        (a half-started gRPC server or etcd watch must not outlive the failure)."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self.stop(grace_s=0)
+            raise
+
+    async def _start(self) -> "Sidecar":
         s = self.settings
+        self._metrics_server = None
         self.runtime = await self._connect_runtime()
         status = await self.runtime.status()  # also purges models left from a previous life
         self.store = RegistryStore(s.etcd_endpoints, s.kv_prefix)
@@ -123,7 +133,6 @@ class Sidecar:
             on_round=self._leader_round,
         )
         await self.leader.start()
-        self._metrics_server = None
         if s.metrics_port > 0:
             self._metrics_server, _ = start_http_server(s.metrics_port, addr=s.host, registry=self.metrics.registry)
             self.metrics_port = self._metrics_server.server_port
@@ -187,19 +196,33 @@ class Sidecar:
         return f"{self.settings.host}:{self.grpc_port}"
 
     async def stop(self, grace_s: float = 2.0) -> None:
-        await self.leader.stop()
-        await self.scaler.stop()
-        await self.server.stop(grace_s)
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
-        await self.loader.unload_all()
-        await self.recorder.flush(timeout_s=3)
-        await self.recorder.close()
-        await self.publisher.stop()
-        await self.peers.close()
-        await self.instances.stop()
-        await self.vmodel_view.stop()
-        await self.view.stop()
-        await self.store.close()
-        await self.runtime.close()
+        """Stop in reverse order; safe on a partly started sidecar, and one
+        failing step does not keep the others from running."""
+        steps = [
+            ("leader", lambda: self.leader.stop()),
+            ("scaler", lambda: self.scaler.stop()),
+            ("server", lambda: self.server.stop(grace_s)),
+            ("_metrics_server", self._stop_metrics),
+            ("loader", lambda: self.loader.unload_all()),
+            ("recorder", lambda: self.recorder.flush(timeout_s=3)),
+            ("recorder", lambda: self.recorder.close()),
+            ("publisher", lambda: self.publisher.stop()),
+            ("peers", lambda: self.peers.close()),
+            ("instances", lambda: self.instances.stop()),
+            ("vmodel_view", lambda: self.vmodel_view.stop()),
+            ("view", lambda: self.view.stop()),
+            ("store", lambda: self.store.close()),
+            ("runtime", lambda: self.runtime.close()),
+        ]
+        for attribute, step in steps:
+            if getattr(self, attribute, None) is None:
+                continue
+            try:
+                await step()
+            except Exception:
+                log.exception("stopping %s failed", attribute)
+
+    async def _stop_metrics(self) -> None:
+        server, self._metrics_server = self._metrics_server, None
+        server.shutdown()
+        server.server_close()

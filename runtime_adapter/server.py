@@ -29,6 +29,9 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # gRPC binds with SO_REUSEPORT by default: a second server on a taken port
+    # would start "successfully" and share its traffic; fail loudly instead
+    ("grpc.so_reuseport", 0),
 ]
 
 

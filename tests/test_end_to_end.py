@@ -121,3 +121,39 @@ def test_kserve_sdk_grpc_client(mesh):
     assert result["live"] is True and result["ready"] is True
     assert result["typed"] == [[2.0, 3.0, 4.0, 5.0]]
     assert result["raw"] == [[2.0, 3.0, 4.0, 5.0]]
+
+
+def test_failed_start_leaves_nothing_running(start_sidecar, loop_thread, etcd):
+    """A sidecar that cannot bind its port stops what it had started (etcd
+    watches, runtime), instead of leaking tasks into the process."""
+    import asyncio
+
+    import grpc as grpc_module
+
+    from mesh.settings import MeshSettings
+    from mesh.sidecar import Sidecar
+
+    running = start_sidecar()
+    port = int(running.address.rsplit(":", 1)[1])
+    before = loop_thread.run(_task_count())
+    settings = MeshSettings(
+        instance_id="clash", grpc_port=port, metrics_port=0, etcd_endpoints=etcd.endpoint,
+        kv_prefix=running.settings.kv_prefix, device="cpu",
+    )
+    clash = Sidecar(settings)
+    try:
+        loop_thread.run(clash.start())
+    except (OSError, RuntimeError, grpc_module.RpcError):
+        pass
+    else:
+        loop_thread.run(clash.stop(grace_s=0))
+        raise AssertionError("a second sidecar started on a port in use")
+    loop_thread.run(asyncio.sleep(0.2))
+    assert loop_thread.run(_task_count()) == before
+    assert "clash" not in running.instances.ids()
+
+
+async def _task_count() -> int:
+    import asyncio
+
+    return len(asyncio.all_tasks()) - 1
