@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from mesh.etcd_process import EtcdProcess
 from mesh.examples import make_add_model, make_dense_model, make_string_model
 from mesh.settings import MeshSettings
 from mesh.sidecar import Sidecar
+from tests.puller_servers import MotoS3
 
 T = TypeVar("T")
 _ids = itertools.count()
@@ -33,6 +35,20 @@ _ids = itertools.count()
 def etcd() -> Iterator[EtcdProcess]:
     with EtcdProcess() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[MotoS3]:
+    """moto's S3 in server mode on loopback, shared by every S3 test."""
+    werkzeug = logging.getLogger("werkzeug")
+    level = werkzeug.level
+    werkzeug.setLevel(logging.ERROR)  # moto's request log
+    server = MotoS3().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        werkzeug.setLevel(level)
 
 
 @pytest.fixture(scope="session")
