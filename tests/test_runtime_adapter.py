@@ -35,8 +35,8 @@ from runtime_adapter.errors import AdapterError
 from runtime_adapter.factory import build_repository
 from runtime_adapter.gpu import visible_gpu_count
 from runtime_adapter.repository import DEFAULT_MODEL_SIZE_BYTES, ModelRepository, RepositoryConfig
-from runtime_adapter.runtimes.base import TensorSpec
-from runtime_adapter.runtimes.onnx import CPU, CUDA, SESSION_OVERHEAD_BYTES, OnnxRuntime, select_providers
+from runtime_adapter.runtimes.base import TensorSpec, size_floor
+from runtime_adapter.runtimes.onnx import CPU, CUDA, SESSION_OVERHEAD_BYTES, SIZE_FACTOR, OnnxRuntime, select_providers
 
 CAPACITY = 64 * 1024 * 1024
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -91,7 +91,7 @@ def test_onnx_runtime_on_this_machine_loads_on_cpu(tmp_path: Path) -> None:
     path = make_add_model(tmp_path / "model.onnx")
     model = OnnxRuntime(device="auto").load("m", path)
     assert model.providers == [CPU]
-    assert model.size_bytes == path.stat().st_size + SESSION_OVERHEAD_BYTES
+    assert model.size_bytes >= size_floor(path, SESSION_OVERHEAD_BYTES)  # measured (tests/test_memory_measurement.py)
 
 
 # --------------------------------------------------------------------------- GPU discovery
@@ -236,15 +236,15 @@ def infer_request(inputs: dict[str, np.ndarray], *, raw: bool, name: str = "") -
     return request
 
 
-def test_load_reports_file_size_plus_overhead(repo: ModelRepository, model_files: dict[str, Path]) -> None:
+def test_load_reports_measured_size(repo: ModelRepository, model_files: dict[str, Path]) -> None:
     add_dir = model_files["add"].parent
     response = load(repo, "add-1", add_dir)
-    assert response.sizeInBytes == model_files["add"].stat().st_size + SESSION_OVERHEAD_BYTES
+    assert response.sizeInBytes >= size_floor(model_files["add"], SESSION_OVERHEAD_BYTES)
     assert repo.model_size("add-1") == response.sizeInBytes
     assert repo.loaded_ids() == ["add-1"]
     assert repo.is_ready("add-1")
     # the file itself works as a path too
-    assert load(repo, "add-2", model_files["add"]).sizeInBytes == response.sizeInBytes
+    assert load(repo, "add-2", model_files["add"]).sizeInBytes >= size_floor(model_files["add"], SESSION_OVERHEAD_BYTES)
 
 
 @pytest.mark.parametrize("raw", [True, False])
@@ -390,15 +390,15 @@ def test_load_directory_with_one_other_named_model(
     shutil.copy(model_files["add"], tmp_path / "other.onnx")
     (tmp_path / "README.txt").write_text("not a model")
     response = load(repo, "m", tmp_path)
-    assert response.sizeInBytes == (tmp_path / "other.onnx").stat().st_size + SESSION_OVERHEAD_BYTES
+    assert response.sizeInBytes >= size_floor(tmp_path / "other.onnx", SESSION_OVERHEAD_BYTES)
     np.testing.assert_array_equal(decode_outputs(repo.infer(infer_request({"x": X}, raw=True), "m"))["y"], X + 1)
 
 
 def test_load_unsupported_type(repo: ModelRepository, model_files: dict[str, Path]) -> None:
     with pytest.raises(AdapterError) as info:
-        load(repo, "m", model_files["add"], model_type="pytorch")
+        load(repo, "m", model_files["add"], model_type="tensorflow")
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "pytorch" in info.value.message
+    assert "tensorflow" in info.value.message
     assert "onnx" in info.value.message
     with pytest.raises(AdapterError) as info:
         load(repo, "", model_files["add"])
@@ -469,7 +469,7 @@ def test_predict_size(repo: ModelRepository, model_files: dict[str, Path], tmp_p
     def predict(path: Path, model_type: str = "onnx") -> int:
         return repo.predict_size(spi.PredictModelSizeRequest(modelId="p", modelType=model_type, modelPath=str(path)))
 
-    expected = model_files["add"].stat().st_size + SESSION_OVERHEAD_BYTES
+    expected = int(model_files["add"].stat().st_size * SIZE_FACTOR) + SESSION_OVERHEAD_BYTES
     assert predict(model_files["add"].parent) == expected
     assert predict(model_files["add"]) == expected
     assert predict(tmp_path / "missing") == DEFAULT_MODEL_SIZE_BYTES
@@ -705,14 +705,13 @@ def test_grpc_lifecycle(channel: grpc.Channel, model_files: dict[str, Path]) -> 
     assert status.defaultModelSizeInBytes == DEFAULT_MODEL_SIZE_BYTES
 
     add_dir = str(model_files["add"].parent)
-    expected_size = model_files["add"].stat().st_size + SESSION_OVERHEAD_BYTES
     predicted = runtime.predictModelSize(
         spi.PredictModelSizeRequest(modelId="add-1", modelType="onnx", modelPath=add_dir), timeout=10
     )
-    assert predicted.sizeInBytes == expected_size
+    assert predicted.sizeInBytes == int(model_files["add"].stat().st_size * SIZE_FACTOR) + SESSION_OVERHEAD_BYTES
     loaded = runtime.loadModel(spi.LoadModelRequest(modelId="add-1", modelType="onnx", modelPath=add_dir), timeout=30)
-    assert loaded.sizeInBytes == expected_size
-    assert runtime.modelSize(spi.ModelSizeRequest(modelId="add-1"), timeout=10).sizeInBytes == expected_size
+    assert loaded.sizeInBytes >= size_floor(model_files["add"], SESSION_OVERHEAD_BYTES)  # measured
+    assert runtime.modelSize(spi.ModelSizeRequest(modelId="add-1"), timeout=10).sizeInBytes == loaded.sizeInBytes
 
     # the mesh names the concrete model in the header; model_name is the client's name
     response = inference.ModelInfer(infer_request({"x": X}, raw=True, name="add"), metadata=_id("add-1"), timeout=10)

@@ -5,11 +5,22 @@ is visible and the operator allows it (`device` = ``auto`` or ``cuda``); the
 CPU provider otherwise. The choice is a pure function (`select_providers`) so
 it is tested without a GPU, and it is logged at load.
 
-Model size: *estimated*, not measured. ONNX Runtime keeps a model's
-initializers (weights) in memory once, and they make up nearly all of an
-ONNX file, so we report ``file size + SESSION_OVERHEAD_BYTES``. The estimate is
-deterministic, which keeps placement predictable; measuring the RSS/GPU delta
-is left to the measured-memory work (it is noisy while other loads run).
+Model size: *measured* at load (`runtime_adapter.memory`): the RSS growth of
+the session's creation (plus GPU memory when on CUDA), reported as at least
+the floor ``file + SESSION_OVERHEAD_BYTES`` (`base.size_floor`). On the CPU
+the steady state is about the initializers' bytes plus ~100 KiB (a 16 MiB-
+weight model measures ~16.1 MiB), so the floor usually stands; measurement
+shows where a model costs more than its file says: weights in external data
+files, a CUDA session, graph rewrites that materialise bigger constants. The
+transient peak while a session is built (about 3x the weights: protobuf and
+pre-packed copies) is not reported. ONNX Runtime's one-time environment set-up
+(about 10 MB) is done before the first measured load with a tiny in-memory
+model, so it is not charged to a real one.
+
+`predict_size` (before any load) estimates ``file × SIZE_FACTOR +
+SESSION_OVERHEAD_BYTES``: initializers are nearly all of an ONNX file and are
+held once; the extra 10% leans to over-estimating until the first measured
+load replaces the estimate.
 """
 
 from __future__ import annotations
@@ -23,14 +34,33 @@ import numpy as np
 
 from runtime_adapter.errors import AdapterError
 from runtime_adapter.gpu import visible_gpu_count
-from runtime_adapter.runtimes.base import TensorSpec, check_inputs, resolve_model_file
+from runtime_adapter.memory import Footprint, measure_load
+from runtime_adapter.runtimes.base import (
+    TensorSpec,
+    check_inputs,
+    estimate_size,
+    resolve_model_file,
+    select_outputs,
+    size_floor,
+    use_cuda,
+)
 
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-DEVICES = ("auto", "cpu", "cuda")
 SESSION_OVERHEAD_BYTES = 256 * 1024
+SIZE_FACTOR = 1.1
+SUFFIXES = (".onnx",)
+PREFERRED_FILE = "model.onnx"
+_PREPARED: set[tuple[str, ...]] = set()
+# A serialized one-node model (Identity over FP32 [1], IR 8, opset 17) for the
+# priming session: spelled out so the runtime need not import `onnx` (about
+# 9 MiB and 130 ms); tests/test_memory_measurement.py rebuilds it with onnx.helper.
+PRIMING_MODEL = (
+    b'\x08\x08:;\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x05primeZ\x0f\n\x01x\x12\n\n\x08\x08\x01\x12'
+    b'\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\x11'
+)
 
 ORT_TYPE_TO_DATATYPE = {
     "tensor(bool)": "BOOL",
@@ -51,20 +81,14 @@ ORT_TYPE_TO_DATATYPE = {
 
 
 def select_providers(device: str, available: Sequence[str], gpu_count: int) -> list[str]:
-    """Execution providers for a session, in ONNX Runtime's priority order.
-
-    ``cuda`` asked for but impossible (CPU-only onnxruntime or no GPU) degrades
-    to the CPU with a warning rather than failing every load.
-    """
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    cuda_possible = CUDA in available and gpu_count > 0
-    if device == "cpu" or not cuda_possible:
-        if device == "cuda":
-            why = "onnxruntime has no CUDA provider" if CUDA not in available else "no GPU is visible"
-            log.warning("device=cuda requested but %s; using the CPU", why)
-        return [CPU]
-    return [CUDA, CPU]
+    """Execution providers for a session, in ONNX Runtime's priority order
+    (`base.use_cuda` decides, and warns when ``cuda`` cannot be had)."""
+    why_not = (
+        "onnxruntime has no CUDA provider" if CUDA not in available
+        else "no GPU is visible" if gpu_count <= 0
+        else None
+    )
+    return [CUDA, CPU] if use_cuda(device, why_not, log) else [CPU]
 
 
 def _dims(shape: Sequence[object]) -> tuple[int, ...]:
@@ -82,6 +106,7 @@ class OnnxModel:
     outputs: list[TensorSpec] = field(default_factory=list)
     providers: list[str] = field(default_factory=list)
     platform: str = "onnxruntime_onnx"
+    footprint: Footprint | None = None  # what the load measured (size_bytes is reported)
 
     def infer(
         self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str] | None
@@ -89,13 +114,7 @@ class OnnxModel:
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
         check_inputs(self.inputs, inputs)
-        known_outputs = [spec.name for spec in self.outputs]
-        names = list(output_names) if output_names else known_outputs
-        unknown = [n for n in names if n not in known_outputs]
-        if unknown:
-            raise AdapterError.invalid_argument(
-                f"unknown output(s) {unknown}; the model produces {known_outputs}"
-            )
+        names = select_outputs([spec.name for spec in self.outputs], output_names)
         feed = {name: _to_ort(array) for name, array in inputs.items()}
         try:
             results = self.session.run(names, feed)  # type: ignore[attr-defined]
@@ -128,33 +147,66 @@ class OnnxRuntime:
     model_type: str = "onnx"
 
     def predict_size(self, path: Path) -> int:
-        model_file = resolve_model_file(path, (".onnx",), "model.onnx")
-        return model_file.stat().st_size + SESSION_OVERHEAD_BYTES
+        model_file = resolve_model_file(path, SUFFIXES, PREFERRED_FILE)
+        return estimate_size(model_file, SIZE_FACTOR, SESSION_OVERHEAD_BYTES)
 
     def load(self, model_id: str, path: Path) -> OnnxModel:
         import onnxruntime as ort
 
-        model_file = resolve_model_file(path, (".onnx",), "model.onnx")
+        model_file = resolve_model_file(path, SUFFIXES, PREFERRED_FILE)
         providers = select_providers(self.device, ort.get_available_providers(), visible_gpu_count())
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.intra_op_threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        try:
-            session = ort.InferenceSession(str(model_file), sess_options=options, providers=providers)
-        except Exception as exc:  # ORT raises its own types for bad/unsupported files
-            raise AdapterError.failed_precondition(
-                f"model {model_id!r}: {model_file.name} is not a loadable ONNX model: {exc}"
-            ) from exc
+        session, footprint = measure_load(
+            lambda: self._session(model_id, model_file, providers),
+            floor_bytes=size_floor(model_file, SESSION_OVERHEAD_BYTES),
+            gpu_ordinals=[0] if CUDA in providers else [],  # the CUDA provider's default device_id
+            prepare=lambda: self._prepare(providers),
+            model_id=model_id,
+        )
         used = session.get_providers()
         log.info("model %s loaded with providers %s (asked %s)", model_id, used, providers)
         return OnnxModel(
             session=session,
-            size_bytes=model_file.stat().st_size + SESSION_OVERHEAD_BYTES,
+            size_bytes=footprint.size_bytes,
             inputs=[_spec(i) for i in session.get_inputs()],
             outputs=[_spec(o) for o in session.get_outputs()],
             providers=used,
+            footprint=footprint,
         )
+
+    def _options(self) -> object:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        return options
+
+    def _session(self, model_id: str, model_file: Path, providers: list[str]) -> object:
+        import onnxruntime as ort
+
+        try:
+            return ort.InferenceSession(str(model_file), sess_options=self._options(), providers=providers)
+        except Exception as exc:  # ORT raises its own types for bad/unsupported files
+            raise AdapterError.failed_precondition(
+                f"model {model_id!r}: {model_file.name} is not a loadable ONNX model: {exc}"
+            ) from exc
+
+    def _prepare(self, providers: list[str]) -> None:
+        """Once per process and provider list: build a throwaway session of a
+        one-node model, so ONNX Runtime's process-wide set-up (and, on a GPU,
+        the CUDA provider library and context) is not measured as the first
+        model's. Runs under the measurement lock, which guards `_PREPARED`."""
+        key = tuple(providers)
+        if key in _PREPARED:
+            return
+        import onnxruntime as ort
+
+        _PREPARED.add(key)
+        try:
+            ort.InferenceSession(PRIMING_MODEL, sess_options=self._options(), providers=providers)
+        except Exception as exc:  # only a measurement refinement: never fail a load for it
+            log.debug("onnxruntime warm-up session failed: %s", exc)
 
 
 def _spec(node: object) -> TensorSpec:
