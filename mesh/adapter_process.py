@@ -18,6 +18,8 @@ class AdapterProcess:
     capacity_bytes: int = 0
     device: str = "auto"
     log_level: str = "WARNING"
+    models_dir: Path | None = None  # pulled-model cache; default: beside the socket
+    extra_args: tuple[str, ...] = ()  # e.g. ("--runtime", "mlserver", "--runtime-endpoint", ...)
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     @property
@@ -32,8 +34,10 @@ class AdapterProcess:
             "--device", self.device,
             "--log-level", self.log_level,
         ]
+        cmd += ["--models-dir", str(self.models_dir or self.socket_path.with_suffix(".models"))]
         if self.capacity_bytes:
             cmd += ["--capacity-bytes", str(self.capacity_bytes)]
+        cmd += self.extra_args
         self._proc = subprocess.Popen(cmd, start_new_session=True)  # stopped by us, not by Ctrl-C
         deadline = time.monotonic() + timeout_s
         while not self.socket_path.exists():

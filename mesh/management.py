@@ -23,6 +23,7 @@ from mesh.status import model_status
 from mesh.store import CAS_RETRIES, RegistryStore
 from mesh.views import RegistryView
 from mesh.vmodels import VModels
+from puller import PullError, parse_model_source
 from protos import model_mesh_pb2 as mm
 from protos import model_mesh_pb2_grpc as mm_grpc
 from protos import mmesh_ext_pb2 as ext
@@ -46,6 +47,13 @@ def validate_registration(request: mm.RegisterModelRequest) -> ModelRecord:
     if not request.HasField("modelInfo") or not request.modelInfo.type:
         raise InvalidInput(f"model {model_id!r}: modelInfo.type is required (e.g. 'onnx')")
     info = request.modelInfo
+    if info.path or info.key:
+        # a malformed URI, unsafe path or bad key JSON is refused here, once,
+        # rather than failing (and being retried) at every load
+        try:
+            parse_model_source(info.path, info.key)
+        except PullError as exc:
+            raise InvalidInput(f"model {model_id!r}: {exc.message}") from exc
     last_used = request.lastUsedTime or (now_ms() - LAST_USED_AGE_ON_REGISTER_MS)
     return ModelRecord(model_id=model_id, type=info.type, path=info.path, key=info.key, last_used_ms=last_used)
 

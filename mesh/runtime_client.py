@@ -74,7 +74,8 @@ class InProcessRuntime:
         raise RuntimeCallError(grpc.StatusCode.UNIMPLEMENTED, f"the built-in runtime serves the v2 API only, not {method}")
 
     async def close(self) -> None:
-        return None
+        """The repository's own clients (puller HTTP/S3 pools) go with it."""
+        await asyncio.to_thread(self.repository.files.close)
 
 
 class GrpcRuntime:

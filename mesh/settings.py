@@ -39,6 +39,16 @@ class MeshSettings(BaseSettings):
     device: str = "auto"
     runtime_wait_s: float = 60.0  # how long to wait for an external runtime at start
 
+    # model storage, for the in-process adapter's puller (an adapter process
+    # takes the same as flags); names as ModelMesh's puller where it has one
+    models_dir: str = Field("", validation_alias=AliasChoices("ROOT_MODEL_DIR", "MMESH_MODELS_DIR", "models_dir"))  # "" = a temp dir
+    storage_config_dir: str = Field(
+        "", validation_alias=AliasChoices("STORAGE_CONFIG_DIR", "MMESH_STORAGE_CONFIG_DIR", "storage_config_dir")
+    )  # the mounted storage-config secret: one JSON file per storage key
+    pvc_mounts_dir: str = Field("/pvc_mounts", validation_alias=AliasChoices("PVC_MOUNTS_DIR", "MMESH_PVC_MOUNTS_DIR", "pvc_mounts_dir"))
+    models_disk_budget_bytes: int = 0  # 0 = no limit on the download cache
+    pull_deadline_s: float = 600.0  # a pull's own deadline, apart from the load timeout
+
     load_failure_backoff_ms: int = Field(
         30_000, validation_alias=AliasChoices("MM_LOAD_FAILURE_EXPIRY_TIME_MS", "MMESH_LOAD_FAILURE_BACKOFF_MS", "load_failure_backoff_ms")
     )

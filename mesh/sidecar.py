@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from prometheus_client import start_http_server
@@ -36,6 +39,7 @@ from protos import grpc_predict_v2_pb2_grpc as v2_grpc
 from protos import model_mesh_pb2_grpc as mm_grpc
 from protos import mmesh_ext_pb2_grpc as ext_grpc
 from runtime_adapter.factory import build_repository
+from runtime_adapter.model_files import ModelFiles, build_model_files
 from runtime_adapter.server import SERVER_OPTIONS
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,7 @@ class Sidecar:
     async def _start(self) -> "Sidecar":
         s = self.settings
         self._metrics_server = None
+        self._temp_models_dir: Path | None = None
         self.runtime = await self._connect_runtime()
         status = await self.runtime.status()  # also purges models left from a previous life
         self.store = RegistryStore(s.etcd_endpoints, s.kv_prefix)
@@ -142,10 +147,27 @@ class Sidecar:
     async def _connect_runtime(self) -> RuntimeClient:
         s = self.settings
         if s.runtime == "inprocess":
-            return InProcessRuntime(build_repository(s.runtime_capacity_bytes or None, device=s.device))
+            return InProcessRuntime(
+                build_repository(s.runtime_capacity_bytes or None, device=s.device, files=self._model_files())
+            )
         runtime = GrpcRuntime(s.runtime)
         await runtime.wait_ready(s.runtime_wait_s)
         return runtime
+
+    def _model_files(self) -> ModelFiles:
+        """The in-process adapter's puller, configured from the settings."""
+        s = self.settings
+        if s.models_dir:
+            models_dir = Path(s.models_dir)
+        else:
+            models_dir = self._temp_models_dir = Path(tempfile.mkdtemp(prefix="mmesh-models-"))
+        return build_model_files(
+            models_dir,
+            storage_config_dir=Path(s.storage_config_dir) if s.storage_config_dir else None,
+            pvc_mounts_dir=Path(s.pvc_mounts_dir),
+            disk_budget_bytes=s.models_disk_budget_bytes,
+            pull_deadline_s=s.pull_deadline_s,
+        )
 
     def _forget_stale_copies(self) -> None:
         """Records may still list copies from this instance id's previous life;
@@ -213,6 +235,7 @@ class Sidecar:
             ("view", lambda: self.view.stop()),
             ("store", lambda: self.store.close()),
             ("runtime", lambda: self.runtime.close()),
+            ("_temp_models_dir", self._remove_temp_models_dir),
         ]
         for attribute, step in steps:
             if getattr(self, attribute, None) is None:
@@ -221,6 +244,10 @@ class Sidecar:
                 await step()
             except Exception:
                 log.exception("stopping %s failed", attribute)
+
+    async def _remove_temp_models_dir(self) -> None:
+        path, self._temp_models_dir = self._temp_models_dir, None
+        await asyncio.to_thread(shutil.rmtree, path, True)
 
     async def _stop_metrics(self) -> None:
         server, self._metrics_server = self._metrics_server, None

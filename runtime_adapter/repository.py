@@ -13,7 +13,6 @@ import threading
 import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Mapping
 
 import grpc
@@ -22,7 +21,8 @@ from protos import grpc_predict_v2_pb2 as v2
 from protos import model_runtime_pb2 as spi
 from protos.tensor_codec import TensorCodecError, decode_inputs, encode_outputs
 from runtime_adapter.errors import AdapterError
-from runtime_adapter.runtimes.base import LoadedModel, Runtime
+from runtime_adapter.model_files import ModelFiles
+from runtime_adapter.runtimes.base import BackingServer, ForwardingModel, LoadedModel, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,21 @@ class RepositoryConfig:
 class ModelRepository:
     """Loaded models by id, with load/unload/infer as the SPI and v2 describe them."""
 
-    def __init__(self, config: RepositoryConfig, runtimes: Mapping[str, Runtime]) -> None:
+    def __init__(
+        self,
+        config: RepositoryConfig,
+        runtimes: Mapping[str, Runtime],
+        backing_server: BackingServer | None = None,
+        files: ModelFiles | None = None,
+    ) -> None:
+        """backing_server: the external process behind the runtimes, if any
+        (MLServer, Triton); runtimeStatus waits for it and purges it.
+        files: where model files come from (the puller); default: paths as given."""
         self.config = config
         self._runtimes = dict(runtimes)
-        self._models: dict[str, LoadedModel] = {}
+        self._backing_server = backing_server
+        self.files = files or ModelFiles()
+        self._models: dict[str, LoadedModel | ForwardingModel] = {}
         self._loading: set[str] = set()
         self._unload_requested: set[str] = set()
         self._lock = threading.Lock()
@@ -64,11 +75,14 @@ class ModelRepository:
     def runtime_status(self) -> spi.RuntimeStatusResponse:
         """Purges loaded models first: a status call means the sidecar (re)started
         and has no record of them, so keeping them would leak their memory."""
+        if self._backing_server is not None and not self._backing_server.start_clean():
+            return spi.RuntimeStatusResponse(status=spi.RuntimeStatusResponse.STARTING)
         with self._lock:
             leftover = list(self._models)
         for model_id in leftover:
             log.warning("purging model %s left loaded from before the sidecar started", model_id)
             self.unload(model_id)
+        self.files.release_all()
         return spi.RuntimeStatusResponse(
             status=spi.RuntimeStatusResponse.READY,
             capacityInBytes=self.config.capacity_bytes,
@@ -98,8 +112,12 @@ class ModelRepository:
 
     def predict_size(self, request: spi.PredictModelSizeRequest) -> int:
         runtime = self._runtime_for(request.modelType)
+        local = self.files.local_path(request.modelPath, request.modelKey)
+        if local is None:
+            remote = self.files.predict_remote_size(request.modelPath, request.modelKey)
+            return remote or self.config.default_model_size_bytes
         try:
-            return runtime.predict_size(Path(request.modelPath))
+            return runtime.predict_size(local)
         except AdapterError:
             return self.config.default_model_size_bytes
 
@@ -119,7 +137,10 @@ class ModelRepository:
         started = time.perf_counter()
         loaded = False
         try:
-            model = runtime.load(model_id, Path(request.modelPath))
+            # the pull runs outside any measurement lock and before the
+            # runtime's own load; its deadline is the puller's, not the SPI's
+            path = self.files.fetch(model_id, request.modelPath, request.modelKey)
+            model = runtime.load(model_id, path)
             loaded = True
         except AdapterError:
             raise
@@ -130,6 +151,7 @@ class ModelRepository:
             if not loaded:
                 with self._lock:
                     self._loading.discard(model_id)
+                self.files.release(model_id)
         # Leaving "loading" and recording the model happen under one lock hold:
         # in between, an unload (or a second load) would see neither and be lost.
         with self._lock:
@@ -141,6 +163,7 @@ class ModelRepository:
                 self.load_count += 1
         if cancelled:
             model.close()
+            self.files.release(model_id)
             raise AdapterError(grpc.StatusCode.CANCELLED, f"load of {model_id!r} was cancelled by an unload")
         log.info(
             "loaded %s (%s) size=%d in %.1f ms",
@@ -158,6 +181,7 @@ class ModelRepository:
                 self.unload_count += 1
         if model is not None:
             model.close()
+            self.files.release(model_id)
             log.info("unloaded %s", model_id)
 
     def model_size(self, model_id: str) -> int:
@@ -165,7 +189,7 @@ class ModelRepository:
 
     # ---- v2 inference ----------------------------------------------------
 
-    def _get(self, model_id: str) -> LoadedModel:
+    def _get(self, model_id: str) -> LoadedModel | ForwardingModel:
         model = self._models.get(model_id)
         if model is None:
             raise AdapterError.not_found(f"model {model_id!r} is not loaded in this runtime")
@@ -180,6 +204,10 @@ class ModelRepository:
 
     def infer(self, request: v2.ModelInferRequest, model_id: str) -> v2.ModelInferResponse:
         model = self._get(model_id)
+        # getattr, not isinstance on a runtime-checkable Protocol: ~0.1 vs ~17 µs
+        forward = getattr(model, "infer_v2", None)
+        if forward is not None:
+            return forward(request, model_id)
         try:
             inputs = decode_inputs(request)
         except TensorCodecError as exc:
@@ -197,6 +225,9 @@ class ModelRepository:
 
     def metadata(self, model_id: str, name: str | None = None) -> v2.ModelMetadataResponse:
         model = self._get(model_id)
+        forward = getattr(model, "metadata_v2", None)
+        if forward is not None:
+            return forward(model_id, name or model_id)
         tensor = v2.ModelMetadataResponse.TensorMetadata
         return v2.ModelMetadataResponse(
             name=name or model_id,
