@@ -47,6 +47,7 @@ class UpOptions:
     instances: int
     instance_id: str
     kv_prefix: str
+    storage_config: Path | None = None
 
 
 @app.command()
@@ -62,6 +63,13 @@ def up(
     instances: Annotated[int, typer.Option(help="sidecars to run, each with its own runtime")] = 1,
     instance_id: Annotated[str, typer.Option(help="id of the first sidecar (others get -1, -2, …)")] = "local-0",
     kv_prefix: Annotated[str, typer.Option(help="etcd key prefix of this mesh")] = "mmesh",
+    storage_config: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="ModelMesh storage-config dir (one JSON file per storage key) for s3:// and http(s):// models",
+            envvar=["STORAGE_CONFIG_DIR", "MMESH_STORAGE_CONFIG_DIR"],
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option()] = "WARNING",
 ) -> None:
     """Run a local mesh: embedded etcd, N sidecars, example models. Ctrl-C stops it."""
@@ -73,6 +81,7 @@ def up(
     options = UpOptions(
         etcd, etcd_port, grpc_port, metrics_port, runtime, _size(capacity) if capacity else 0,
         data_dir.resolve(), examples, instances, instance_id, kv_prefix,
+        storage_config.resolve() if storage_config else None,
     )
     asyncio.run(_up(options))
 
@@ -119,8 +128,13 @@ async def _up(o: UpOptions) -> None:
         for index in range(o.instances):
             instance_id = _sidecar_id(o.instance_id, index)
             runtime_target = "inprocess"
+            models_dir = o.data_dir / "pulled" / instance_id  # each runtime's download cache
+            storage_args = ("--storage-config-dir", str(o.storage_config)) if o.storage_config else ()
             if o.runtime == "uds":
-                adapter = AdapterProcess(o.data_dir / f"{instance_id}.sock", capacity_bytes=o.capacity_bytes).start()
+                adapter = AdapterProcess(
+                    o.data_dir / f"{instance_id}.sock", capacity_bytes=o.capacity_bytes,
+                    models_dir=models_dir, extra_args=storage_args,
+                ).start()
                 adapters.append(adapter)
                 runtime_target = adapter.target
             settings = MeshSettings(
@@ -131,6 +145,8 @@ async def _up(o: UpOptions) -> None:
                 etcd_endpoints=etcd_endpoint,
                 runtime=runtime_target,
                 runtime_capacity_bytes=o.capacity_bytes,
+                models_dir=str(models_dir),
+                storage_config_dir=str(o.storage_config or ""),
             )
             sidecars.append(await Sidecar(settings).start())
         registered = []
