@@ -35,7 +35,7 @@ from runtime_adapter.external.layout import child_dir, safe_dir_name
 from runtime_adapter.external.mlserver import MLServer
 from runtime_adapter.external.process_memory import ServerProcess, listening_pid, split_host_port, tree_rss_bytes
 from runtime_adapter.external.request_check import check_request
-from runtime_adapter.external.schema import parse_schema
+from runtime_adapter.schema import parse_schema
 from runtime_adapter.external.triton import BACKENDS, Triton, generated_config, strip_model_name
 from runtime_adapter.repository import ModelRepository, RepositoryConfig
 

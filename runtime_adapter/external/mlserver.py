@@ -21,7 +21,7 @@ from typing import Any
 
 from runtime_adapter.errors import AdapterError
 from runtime_adapter.external.base import ExternalServer
-from runtime_adapter.external.schema import read_schema
+from runtime_adapter.schema import read_schema
 from runtime_adapter.runtimes.base import resolve_model_file
 
 SETTINGS_FILE = "model-settings.json"

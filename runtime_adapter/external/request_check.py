@@ -15,7 +15,7 @@ import math
 from protos import grpc_predict_v2_pb2 as v2
 from protos.tensor_codec import DATATYPE_TO_DTYPE
 from runtime_adapter.errors import AdapterError
-from runtime_adapter.external.schema import V2_DATATYPES
+from runtime_adapter.schema import V2_DATATYPES
 
 _ITEMSIZE = {name: dtype.itemsize for name, dtype in DATATYPE_TO_DTYPE.items() if name != "BYTES"}
 _ITEMSIZE.setdefault("BF16", 2)

@@ -30,7 +30,7 @@ from typing import Sequence
 from runtime_adapter.errors import AdapterError
 from runtime_adapter.external.base import ExternalServer
 from runtime_adapter.external.layout import link_contents
-from runtime_adapter.external.schema import ModelSchema, read_schema
+from runtime_adapter.schema import ModelSchema, read_schema
 from runtime_adapter.runtimes.base import TensorSpec, resolve_model_file
 
 CONFIG_FILE = "config.pbtxt"

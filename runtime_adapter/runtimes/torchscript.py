@@ -16,7 +16,7 @@ Model file: ``model.pt`` in a directory, else its only ``.pt``/``.pth``/
 Tensor metadata: TorchScript records no tensor types or shapes, so
 * a schema file beside the model, ``_schema.json`` (ModelMesh's name) or
   ``schema.json``, in KServe's form (parsed by
-  `runtime_adapter.external.schema`, which the external runtimes share)::
+  `runtime_adapter.schema`, which the external runtimes share)::
 
       {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
        "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}]}
@@ -66,7 +66,7 @@ import numpy as np
 
 from protos.tensor_codec import DATATYPE_TO_DTYPE
 from runtime_adapter.errors import AdapterError
-from runtime_adapter.external.schema import ModelSchema, parse_schema
+from runtime_adapter.schema import ModelSchema, parse_schema
 from runtime_adapter.memory import Footprint, measure_load
 from runtime_adapter.runtimes.base import (
     TensorSpec,
