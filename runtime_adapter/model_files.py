@@ -82,7 +82,12 @@ def build_model_files(
 ) -> ModelFiles:
     """A puller whose cache lives in `<models_dir>/_cache` (the `_` prefix keeps
     it apart from the external servers' `_mlserver_models` / `_triton_models`,
-    all on the one volume the runtime containers share)."""
+    all on the one volume the runtime containers share).
+
+    Without a disk budget an artifact is deleted when its last model unloads
+    (disk use = what is loaded). With one, released artifacts stay until the
+    budget needs their space, least recently used first, so a model evicted
+    from memory and requested again reloads without downloading."""
     from puller import PullerConfig
 
     return ModelFiles(
@@ -92,6 +97,7 @@ def build_model_files(
                 storage_config_dir=storage_config_dir,
                 pvc_mounts_dir=pvc_mounts_dir,
                 disk_budget_bytes=disk_budget_bytes or None,
+                retain_released=bool(disk_budget_bytes),
                 pull_deadline_s=pull_deadline_s,
             )
         )

@@ -153,3 +153,21 @@ def test_public_http_model_needs_no_key(mesh, models_dir: Path):
         register(addr, "http-add", f"{server.url}/m/model.onnx")
         np.testing.assert_allclose(infer_add(addr, "http-add"), [[2, 3, 4, 5]])
         assert server.state.gets["/m/model.onnx"] == 1
+
+
+def test_with_a_disk_budget_an_unloaded_artifact_is_kept_for_the_next_load(
+    start_sidecar, storage_config: Path, tmp_path: Path, proxy: S3Proxy, bucket: str
+):
+    mesh = start_sidecar(
+        storage_config_dir=str(storage_config), models_dir=str(tmp_path / "models"),
+        models_disk_budget_bytes=64 << 20,
+    )
+    addr = address(mesh)
+    register_keyed(addr, "kept", f"s3://{bucket}/models/add", "localMinIO")
+    np.testing.assert_allclose(infer_add(addr, "kept"), [[2, 3, 4, 5]])
+    management(addr).unregisterModel(mm.UnregisterModelRequest(modelId="kept"), timeout=10)
+    wait_for(lambda: "kept" not in mesh.runtime.repository.loaded_ids(), what="unload")
+    assert len(cache_entries(mesh)) == 1, "kept within the budget"
+    register_keyed(addr, "kept-again", f"s3://{bucket}/models/add", "localMinIO")
+    np.testing.assert_allclose(infer_add(addr, "kept-again"), [[2, 3, 4, 5]])
+    assert sum(proxy.state.object_gets.values()) == 1, "the second load downloaded nothing"
