@@ -123,6 +123,17 @@ class SizeAwareLRU:
         return max(0, self._capacity - self._used)
 
     @property
+    def evictable_bytes(self) -> int:
+        """Bytes held by evictable entries (loaded, idle, unpinned).
+
+        ``plan(n)`` answers WAIT exactly when ``n`` fits the capacity but
+        exceeds ``capacity_bytes - used_bytes + evictable_bytes``, so a caller
+        with many loads waiting for space can tell which could proceed
+        without planning each one.
+        """
+        return self._evictable_bytes
+
+    @property
     def over_capacity_bytes(self) -> int:
         """How far reservations exceed capacity (after ``resize`` or a shrink)."""
         return max(0, self._used - self._capacity)
