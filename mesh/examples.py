@@ -83,6 +83,27 @@ def make_string_model(path: Path) -> Path:
     return _save(graph, path)
 
 
+def make_identity_model(path: Path, datatype: str = "FP32") -> Path:
+    """y = x for a rank-2 tensor of any size of one v2 datatype: the model the
+    wire tests and benchmarks send every datatype (and large tensors) through."""
+    from onnx import TensorProto, helper
+
+    onnx_type = {
+        "BOOL": TensorProto.BOOL, "UINT8": TensorProto.UINT8, "UINT16": TensorProto.UINT16,
+        "UINT32": TensorProto.UINT32, "UINT64": TensorProto.UINT64, "INT8": TensorProto.INT8,
+        "INT16": TensorProto.INT16, "INT32": TensorProto.INT32, "INT64": TensorProto.INT64,
+        "FP16": TensorProto.FLOAT16, "FP32": TensorProto.FLOAT, "FP64": TensorProto.DOUBLE,
+        "BF16": TensorProto.BFLOAT16, "BYTES": TensorProto.STRING,
+    }[datatype]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        f"identity-{datatype.lower()}",
+        [helper.make_tensor_value_info("x", onnx_type, ["rows", "cols"])],
+        [helper.make_tensor_value_info("y", onnx_type, ["rows", "cols"])],
+    )
+    return _save(graph, path)
+
+
 EXAMPLES = {
     "add-one": lambda d: make_add_model(d / "add-one" / "model.onnx"),
     "dense-64": lambda d: make_dense_model(d / "dense-64" / "model.onnx", width=64, layers=2),
