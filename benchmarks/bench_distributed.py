@@ -78,7 +78,8 @@ class Sidecar:
         self.address = f"127.0.0.1:{self.port}"
         self.name = name
         cmd = [sys.executable, "-m", "mesh.cli", "up", "--etcd", etcd, "--kv-prefix", prefix, "--instance-id", f"{name}-0",
-               "--grpc-port", str(self.port), "--metrics-port", "0", "--no-examples", "--instances", str(instances),
+               "--grpc-port", str(self.port), "--metrics-port", "0", "--rest-port", "0", "--probe-port", "0",
+               "--no-examples", "--instances", str(instances),
                "--data-dir", str(data / name)]
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})})

@@ -53,12 +53,16 @@ def wait_serving(address: str, timeout_s: float = 60) -> None:
     raise TimeoutError(address)
 
 
-def start_mesh(stack: ExitStack, etcd: str, runtime: str, name: str, data_dir: Path) -> str:
+def start_mesh(
+    stack: ExitStack, etcd: str, runtime: str, name: str, data_dir: Path, extra_args: tuple[str, ...] = ()
+) -> str:
+    """One `mmesh up` process; REST and probes off unless `extra_args` turn them on."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mesh.cli", "up", "--etcd", etcd, "--grpc-port", str(port), "--metrics-port", "0",
+         "--rest-port", "0", "--probe-port", "0",
          "--runtime", runtime, "--no-examples", "--instance-id", name, "--kv-prefix", f"bench-{name}",
-         "--data-dir", str(data_dir / name)],
+         "--data-dir", str(data_dir / name), *extra_args],
         stdout=subprocess.DEVNULL,
     )
     stack.callback(lambda: (proc.terminate(), proc.wait(20)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import signal
 import socket
 from dataclasses import dataclass
@@ -21,7 +20,19 @@ from rich.table import Table
 app = typer.Typer(help="mmesh: a multi-model serving mesh (KServe ModelMesh style).", no_args_is_help=True)
 console = Console()
 
+from sim.cli import sim_app  # noqa: E402  (the simulator's sub-commands: mmesh sim run|plan|trace)
+
+app.add_typer(sim_app, name="sim")
+
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="sidecar gRPC address")]
+# TLS of the client commands: any of these switches the channel to TLS
+TlsCaOpt = Annotated[
+    Optional[Path], typer.Option("--tls-ca", envvar="MMESH_CLIENT_TLS_CA", help="CA (PEM) verifying the mesh; default: system CAs")
+]
+TlsCertOpt = Annotated[
+    Optional[Path], typer.Option("--tls-cert", envvar="MMESH_CLIENT_TLS_CERT", help="client certificate (PEM), for mutual TLS")
+]
+TlsKeyOpt = Annotated[Optional[Path], typer.Option("--tls-key", envvar="MMESH_CLIENT_TLS_KEY", help="key of --tls-cert (PEM)")]
 
 
 def _size(value: str) -> int:
@@ -48,6 +59,8 @@ class UpOptions:
     instance_id: str
     kv_prefix: str
     storage_config: Path | None = None
+    rest_port: int = 0  # REST and probes: 0 = off
+    probe_port: int = 0
 
 
 @app.command()
@@ -56,6 +69,8 @@ def up(
     etcd_port: Annotated[int, typer.Option(help="client port of the embedded etcd")] = 2379,
     grpc_port: Annotated[int, typer.Option(help="gRPC port (v2 inference + management) of the first sidecar")] = 8033,
     metrics_port: Annotated[int, typer.Option(help="Prometheus port of the first sidecar (0 = off)")] = 2112,
+    rest_port: Annotated[int, typer.Option(help="REST v2 port of the first sidecar (0 = off)")] = 8008,
+    probe_port: Annotated[int, typer.Option(help="probe port (/live, /ready) of the first sidecar (0 = off)")] = 8089,
     runtime: Annotated[str, typer.Option(help="'inprocess' or 'uds' (adapter in its own process)")] = "inprocess",
     capacity: Annotated[str, typer.Option(help="model memory per sidecar, e.g. 2GiB (default: from host memory)")] = "",
     data_dir: Annotated[Path, typer.Option(help="etcd data, example models, sockets")] = Path(".mmesh"),
@@ -71,9 +86,18 @@ def up(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option()] = "WARNING",
+    # logging
+    log_format: Annotated[str, typer.Option(help="'text', or 'json' for JSON lines", envvar="MMESH_LOG_FORMAT")] = "text",
 ) -> None:
-    """Run a local mesh: embedded etcd, N sidecars, example models. Ctrl-C stops it."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    """Run a local mesh: embedded etcd, N sidecars, example models. Ctrl-C or
+    SIGTERM drains it (models copied to other sidecars of the mesh, in-flight
+    requests finished); a second signal cuts the drain short."""
+    from mesh.logs import configure
+
+    try:
+        configure(log_level, log_format)  # type: ignore[arg-type]  # checked there
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     if runtime not in ("inprocess", "uds"):
         raise typer.BadParameter("--runtime must be 'inprocess' or 'uds'")
     if instances < 1:
@@ -82,6 +106,7 @@ def up(
         etcd, etcd_port, grpc_port, metrics_port, runtime, _size(capacity) if capacity else 0,
         data_dir.resolve(), examples, instances, instance_id, kv_prefix,
         storage_config.resolve() if storage_config else None,
+        rest_port=rest_port, probe_port=probe_port,
     )
     asyncio.run(_up(options))
 
@@ -142,6 +167,8 @@ async def _up(o: UpOptions) -> None:
                 kv_prefix=o.kv_prefix,
                 grpc_port=_port_for(o.grpc_port, index),
                 metrics_port=_port_for(o.metrics_port, index),
+                rest_port=_port_for(o.rest_port, index),
+                probe_port=_port_for(o.probe_port, index),
                 etcd_endpoints=etcd_endpoint,
                 runtime=runtime_target,
                 runtime_capacity_bytes=o.capacity_bytes,
@@ -161,7 +188,11 @@ async def _up(o: UpOptions) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        console.print("stopping…")
+        console.print("draining…")
+        stop.clear()
+        # drain: with an embedded etcd this process is the whole mesh, so
+        # there is nowhere to copy models to
+        await _drain(sidecars, migrate=o.etcd is not None, interrupt=stop)
     finally:
         for sidecar in reversed(sidecars):
             await sidecar.stop()
@@ -171,12 +202,30 @@ async def _up(o: UpOptions) -> None:
             etcd.stop()
 
 
+async def _drain(sidecars, *, migrate: bool, interrupt: asyncio.Event) -> None:
+    """Drain every sidecar at once (mesh/drain.py); `interrupt` (a second
+    signal) cancels the drains, each of which still ends stopped."""
+    drains = asyncio.gather(*(sidecar.drain(migrate=migrate) for sidecar in sidecars))
+    interrupted = asyncio.ensure_future(interrupt.wait())
+    try:
+        await asyncio.wait({drains, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (drains, interrupted):
+            task.cancel()
+        await asyncio.gather(drains, interrupted, return_exceptions=True)
+
+
 def _print_banner(sidecars, etcd_endpoint: str, models: list[str]) -> None:
     first = sidecars[0]
     console.print(f"[bold green]mmesh is up[/]: {len(sidecars)} sidecar(s)")
     for sidecar in sidecars:
         metrics = f", metrics http://{sidecar.settings.host}:{sidecar.metrics_port}/metrics" if sidecar.metrics_port else ""
         console.print(f"  {sidecar.settings.instance_id:10s} v2 gRPC + management {sidecar.address}{metrics}", markup=False)
+        if sidecar.rest_port or sidecar.probe_port:
+            scheme = "https" if sidecar.tls else "http"
+            rest = f"v2 REST {scheme}://{sidecar.settings.host}:{sidecar.rest_port}/v2" if sidecar.rest_port else ""
+            probes = f"probes http://{sidecar.settings.host}:{sidecar.probe_port}/ready" if sidecar.probe_port else ""
+            console.print(f"  {'':10s} {', '.join(filter(None, (rest, probes)))}", markup=False, soft_wrap=True)
     console.print(f"  etcd                 : {etcd_endpoint}")
     console.print(f"  runtime              : {first.settings.runtime}, capacity {first.loader.lru.capacity_bytes:,} bytes each")
     if models:
@@ -189,11 +238,27 @@ def _print_banner(sidecars, etcd_endpoint: str, models: list[str]) -> None:
             markup=False,
             soft_wrap=True,
         )
+        if first.rest_port and not first.tls:
+            console.print(
+                f"  or curl -s http://{first.settings.host}:{first.rest_port}/v2/models/add-one/infer "
+                "-d '{\"inputs\": [{\"name\": \"x\", \"shape\": [1, 4], \"datatype\": \"FP32\", \"data\": [1, 2, 3, 4]}]}'",
+                markup=False,
+                soft_wrap=True,
+            )
     console.print("Ctrl-C stops it.")
 
 
-def _channel(target: str) -> grpc.Channel:
-    return grpc.insecure_channel(target)
+def _channel(target: str, ca: Path | None = None, cert: Path | None = None, key: Path | None = None) -> grpc.Channel:
+    """Plain text unless a TLS option is given (a TLS mesh refuses plain text)."""
+    if ca is None and cert is None and key is None:
+        return grpc.insecure_channel(target)
+    from mesh.tls import TlsConfigError, client_channel_credentials
+
+    try:
+        credentials = client_channel_credentials(*(str(p) if p else None for p in (ca, cert, key)))
+    except TlsConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return grpc.secure_channel(target, credentials)
 
 
 def _fail(exc: grpc.RpcError) -> None:
@@ -226,6 +291,9 @@ def register(
     load_now: Annotated[bool, typer.Option(help="load it right away")] = False,
     from_file: Annotated[Optional[Path], typer.Option(help="register many: JSON list or JSON lines of models")] = None,
     target: TargetOpt = "127.0.0.1:8033",
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
 ) -> None:
     """Register a model (or, with --from-file, many in bulk) with the mesh."""
     from protos import model_mesh_pb2 as mm
@@ -240,7 +308,7 @@ def register(
     else:
         raise typer.BadParameter("give MODEL_ID and --path, or --from-file")
     counts: dict[str, int] = {}
-    with _channel(target) as channel:
+    with _channel(target, tls_ca, tls_cert, tls_key) as channel:
         stub = ext_grpc.ModelMeshExtensionsStub(channel)
         for start in range(0, len(entries), BULK_BATCH):
             batch = entries[start : start + BULK_BATCH]
@@ -277,7 +345,13 @@ def register(
 
 
 @app.command()
-def models(target: TargetOpt = "127.0.0.1:8033", page_size: int = 500) -> None:
+def models(
+    target: TargetOpt = "127.0.0.1:8033",
+    page_size: int = 500,
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
+) -> None:
     """Table of registered models with status, size and copies."""
     from protos import model_mesh_pb2 as mm
     from protos import mmesh_ext_pb2 as ext
@@ -285,7 +359,7 @@ def models(target: TargetOpt = "127.0.0.1:8033", page_size: int = 500) -> None:
 
     table = Table("model", "type", "status", "size", "copies", "path")
     token, total = "", 0
-    with _channel(target) as channel:
+    with _channel(target, tls_ca, tls_cert, tls_key) as channel:
         stub = ext_grpc.ModelMeshExtensionsStub(channel)
         while True:
             try:
@@ -312,13 +386,16 @@ def infer(
     input_name: Annotated[Optional[str], typer.Option(help="input tensor (default: the model's first)")] = None,
     datatype: Annotated[Optional[str], typer.Option(help="v2 datatype (default: the model's)")] = None,
     target: TargetOpt = "127.0.0.1:8033",
+    tls_ca: TlsCaOpt = None,
+    tls_cert: TlsCertOpt = None,
+    tls_key: TlsKeyOpt = None,
 ) -> None:
     """Send one input, print the outputs."""
     from protos import grpc_predict_v2_pb2 as v2
     from protos import grpc_predict_v2_pb2_grpc as v2_grpc
     from protos.tensor_codec import DATATYPE_TO_DTYPE, decode_outputs, encode_inputs
 
-    with _channel(target) as channel:
+    with _channel(target, tls_ca, tls_cert, tls_key) as channel:
         stub = v2_grpc.GRPCInferenceServiceStub(channel)
         try:
             if input_name is None or datatype is None:

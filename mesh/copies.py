@@ -1,7 +1,8 @@
 """How many copies each model has: more for busy models, fewer for idle
 ones, never fewer than a model's `min_copies`.
 
-Each sidecar looks at its own loaded copies every interval:
+Each sidecar looks at its own loaded copies every interval (the decision is
+`placement.copies.decide_copy`, which the simulator calls too):
 - a copy that served more than `scale_up_rps`, or had `scale_up_in_flight`
   requests in flight, asks for another copy on another instance (another zone
   first) — decided by the first holder in id order, so the holders of one model
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 
 from mesh.clock import now_ms
 from mesh.errors import MeshError
@@ -25,16 +25,11 @@ from mesh.loader import ModelLoader
 from mesh.records import ModelRecord
 from mesh.router import Router
 from mesh.views import RegistryView
+from placement.copies import CopyAction, CopyPolicy, decide_copy
+
+__all__ = ["CopyPolicy", "CopyScaler"]  # CopyPolicy lives in placement.copies, shared with the simulator
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CopyPolicy:
-    interval_s: float = 5.0
-    scale_up_rps: float = 33.0  # ModelMesh's default 2000 requests per minute
-    scale_up_in_flight: int = 16
-    copy_idle_ms: int = 600_000
 
 
 class CopyScaler:
@@ -67,9 +62,10 @@ class CopyScaler:
                 log.exception("copy scaling round failed")
 
     def holders(self, record: ModelRecord) -> list[str]:
-        """Live instances with a loaded copy (this one by its own state)."""
+        """Live instances with a loaded copy (this one by its own state); a
+        draining instance's copy is on its way out and does not count."""
         live = self.router.live_instances()
-        holders = {i for i in record.instances if i in live and i != self.me}
+        holders = {i for i in record.instances if i in live and i != self.me and not self.router.is_draining(i)}
         if self.loader.try_peek(record.model_id):
             holders.add(self.me)
         return sorted(holders)
@@ -84,19 +80,16 @@ class CopyScaler:
             if record is None:
                 continue
             holders = self.holders(record)
-            self.loader.lru.pin(model_id, len(holders) <= record.min_copies)
             entry = self.loader.lru.entry(model_id)
-            busy = uses[model_id] / elapsed_s >= self.policy.scale_up_rps or entry.in_flight >= self.policy.scale_up_in_flight
-            if busy and holders[0] == self.me:
+            decision = decide_copy(
+                self.me, holders, min_copies=record.min_copies, uses=uses[model_id], elapsed_s=elapsed_s,
+                in_flight=entry.in_flight, last_used_ms=entry.last_used_ms, now_ms=now, policy=self.policy,
+            )
+            self.loader.lru.pin(model_id, decision.pin)
+            if decision.action is CopyAction.ADD:
                 self.add_copy(record, holders)
-            elif (
-                not busy
-                and len(holders) > max(1, record.min_copies)
-                and holders[-1] == self.me
-                and now - entry.last_used_ms >= self.policy.copy_idle_ms
-            ):
-                log.info("dropping idle extra copy of %s (%d copies)", model_id, len(holders))
-                await self.loader.unload(model_id)
+            elif decision.action is CopyAction.DROP:  # the unload's log line says why
+                await self.loader.unload(model_id, f"idle extra copy, {len(holders)} copies")
 
     def add_copy(self, record: ModelRecord, holders: list[str]) -> None:
         """Load one more copy somewhere else, in the background (one at a time per model)."""

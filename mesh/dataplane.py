@@ -1,6 +1,6 @@
 """The protocol-agnostic data plane: infer, metadata, readiness.
 
-The gRPC front end (and the REST one to come) only translate wire messages
+The gRPC and REST front ends only translate wire messages
 into these calls; errors leave as `MeshError`s and are mapped to the wire in
 one place per protocol.
 """
@@ -9,17 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
+from importlib.metadata import PackageNotFoundError, version
 
 from mesh.copy_recorder import CopyState
 from mesh.errors import InvalidInput, MeshError, ModelNotFound
 from mesh.loader import LocalCopy
+from mesh.logs import bind_model
+from mesh.payloads import INFER_METHOD, PayloadProcessors
 from mesh.peers import MODEL_ID_HEADER, VMODEL_ID_HEADER, Peer, hop_metadata
 from mesh.router import Router
 from mesh.vmodels import VModels
 from protos import grpc_predict_v2_pb2 as v2
 from protos.tensor_codec import TensorCodecError, decode_inputs
 
+SERVER_NAME = "mmesh"
+
+
+def server_version() -> str:
+    """The installed package's version (what ServerMetadata reports on every protocol)."""
+    try:
+        return version("mmesh")
+    except PackageNotFoundError:
+        return "dev"
 
 
 def header(headers: Mapping[str, str | bytes], name: str) -> str | None:
@@ -42,7 +54,11 @@ async def _validate_inputs(request: v2.ModelInferRequest) -> None:
 
 
 class DataPlane:
-    def __init__(self, router: Router, request_timeout_s: float, instance_id: str = "", vmodels: VModels | None = None) -> None:
+    def __init__(
+        self, router: Router, request_timeout_s: float, instance_id: str = "", vmodels: VModels | None = None,
+        payloads: PayloadProcessors | None = None,
+    ) -> None:
+        self.payloads = payloads  # payload logging: None = off, and free
         self.router = router
         self.metrics = router.metrics
         self.vmodels = vmodels
@@ -51,10 +67,16 @@ class DataPlane:
         self.instance_id = instance_id
 
     async def resolve(self, model_name: str, headers: Mapping[str, str | bytes]) -> str:
-        """The concrete model a request is for. Headers win over the message
-        field, as in ModelMesh; a name that is no model but a vModel (an
-        InferenceService name, say) resolves to the vModel's active model.
-        Views answer; etcd is read only for a name neither view knows."""
+        """The concrete model a request is for (and, from here on, in its log
+        lines). Headers win over the message field, as in ModelMesh; a name
+        that is no model but a vModel (an InferenceService name, say) resolves
+        to the vModel's active model. Views answer; etcd is read only for a
+        name neither view knows."""
+        model_id = await self._resolve(model_name, headers)
+        bind_model(model_id)
+        return model_id
+
+    async def _resolve(self, model_name: str, headers: Mapping[str, str | bytes]) -> str:
         model_id = header(headers, MODEL_ID_HEADER)
         if model_id:
             return model_id
@@ -92,9 +114,14 @@ class DataPlane:
         async def remote(peer: Peer) -> v2.ModelInferResponse:
             return await peer.v2.ModelInfer(request, metadata=self._hop_metadata(model_id), timeout=self.request_timeout_s)
 
-        return await self.router.route(
-            model_id, local, remote, forwarded=forwarded, before_load=lambda: _validate_inputs(request)
-        )
+        def route() -> Awaitable[v2.ModelInferResponse]:
+            return self.router.route(
+                model_id, local, remote, forwarded=forwarded, before_load=lambda: _validate_inputs(request)
+            )
+
+        if self.payloads is None or forwarded:  # payloads are recorded where a request enters the mesh
+            return await route()
+        return await self.payloads.observe(model_id, INFER_METHOD, request.model_name, request, route)
 
     async def metadata(self, model_id: str, name: str, *, forwarded: bool = False) -> v2.ModelMetadataResponse:
         """Loads the model if needed (its signature comes from the runtime) and
@@ -123,7 +150,12 @@ class DataPlane:
         async def remote(peer: Peer) -> bytes:
             return await peer.raw(method, payload, self._hop_metadata(model_id), self.request_timeout_s)
 
-        return await self.router.route(model_id, local, remote, forwarded=forwarded)
+        def route() -> Awaitable[bytes]:
+            return self.router.route(model_id, local, remote, forwarded=forwarded)
+
+        if self.payloads is None or forwarded:
+            return await route()
+        return await self.payloads.observe(model_id, method.lstrip("/"), "", payload, route)
 
     async def model_ready(self, model_id: str) -> bool:
         """Ready = servable now or on demand: registered and not in a failure

@@ -60,6 +60,11 @@ class RegistryUnavailable(MeshError):
     code, http_status = grpc.StatusCode.UNAVAILABLE, 503
 
 
+class Draining(RuntimeUnavailable):
+    """This instance is shutting down and starts no new loads; the router
+    takes it as "try another instance", like any UNAVAILABLE."""
+
+
 class DeadlineExceeded(MeshError):
     code, http_status = grpc.StatusCode.DEADLINE_EXCEEDED, 504
 

@@ -1,10 +1,10 @@
-"""The single place where mesh errors become gRPC statuses, and where each
-external call is timed under ModelMesh's `modelmesh_api_request_milliseconds`."""
+"""The single place where mesh errors become gRPC statuses; each external
+call is timed under ModelMesh's `modelmesh_api_request_milliseconds` by
+`MeshMetrics.api_call`, which the REST front end uses too."""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -20,20 +20,15 @@ T = TypeVar("T")
 async def serve_call(
     context: grpc.aio.ServicerContext, metrics: MeshMetrics, method: str, work: Awaitable[T]
 ) -> T:
-    started = time.perf_counter()
-    code = grpc.StatusCode.OK
     try:
-        return await work
+        with metrics.api_call(method):
+            return await work
     except MeshError as exc:
-        code = exc.code
         await context.abort(exc.code, exc.message)
         raise  # unreachable: abort raises
+    except grpc.aio.AbortError:
+        raise
     except Exception as exc:
-        if isinstance(exc, grpc.aio.AbortError):
-            raise
-        code = grpc.StatusCode.INTERNAL
         log.exception("%s failed", method)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
         raise
-    finally:
-        metrics.api_request_ms.labels(method, code.name).observe((time.perf_counter() - started) * 1e3)

@@ -44,6 +44,10 @@ class InstancePublisher:
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.publishes = 0
+        # etcd health as seen by this publisher's own calls (readiness probes
+        # read it instead of calling etcd themselves)
+        self.last_ok: float | None = None  # loop time of the last successful lease refresh or write
+        self.last_error: str | None = None  # why the last attempt failed; None once one succeeds
 
     def changed(self) -> None:
         """State worth publishing changed (cheap; coalesced by the loop)."""
@@ -67,9 +71,30 @@ class InstancePublisher:
             except Exception as exc:  # etcd gone: the lease expires by itself
                 log.debug("lease revoke failed: %s", exc)
 
+    async def publish_now(self) -> None:
+        """Write the record at once, bypassing the coalescing loop: a drain's
+        `shutting_down` must reach the peers before it asks them for copies."""
+        await self._publish(force=True)
+
     @property
     def lease(self) -> object:
         return self._lease
+
+    def etcd_problem(self) -> str | None:
+        """Why etcd does not look reachable, or None: the last lease refresh
+        or record write failed, or none succeeded within the lease's TTL."""
+        if self.last_error is not None:
+            return f"last etcd call failed: {self.last_error}"
+        if self.last_ok is None:
+            return "instance record not written yet"
+        age = asyncio.get_running_loop().time() - self.last_ok
+        if age > self.ttl_s:
+            return f"no successful etcd call for {age:.1f} s"
+        return None
+
+    def _succeeded(self) -> None:
+        self.last_ok = asyncio.get_running_loop().time()
+        self.last_error = None
 
     async def _renew_lease(self) -> None:
         """A new lease (at start, or after the old one expired): the record is
@@ -86,6 +111,7 @@ class InstancePublisher:
         if not force and self._published is not None and record.same_state(self._published):
             return
         stored = await self._table.put(record, lease=self._lease)
+        self._succeeded()
         self._published = stored
         self._view.apply(stored)
         self.publishes += 1
@@ -106,10 +132,13 @@ class InstancePublisher:
                     if reply is None or reply.TTL <= 0:
                         log.warning("instance lease expired; registering again")
                         await self._renew_lease()
+                    else:
+                        self._succeeded()
                 await self._publish()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # etcd down: keep serving; the refresh in 1 s renews a lost lease
+                self.last_error = str(exc) or type(exc).__name__
                 log.warning("instance record not published (%s); retrying", exc)
                 next_refresh = loop.time() + 1.0
             await asyncio.sleep(self._min_interval_s)

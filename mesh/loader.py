@@ -21,6 +21,7 @@ from mesh.copy_recorder import CopyRecorder, CopyState, DesiredCopy
 from mesh.errors import (
     CapacityExhausted,
     DeadlineExceeded,
+    Draining,
     MeshError,
     ModelLoadFailed,
     ModelNotFound,
@@ -34,6 +35,12 @@ from protos import grpc_predict_v2_pb2 as v2
 from protos import model_runtime_pb2 as spi
 
 log = logging.getLogger(__name__)
+
+
+def _event(event: str, model_id: str, size_bytes: int, duration_ms: float, **more: object) -> dict[str, object]:
+    """The structured fields of a load/unload log line (see mesh/logs.py):
+    one line per load, failed load, unload and eviction."""
+    return {"event": event, "model_id": model_id, "size_bytes": size_bytes, "duration_ms": round(duration_ms, 3), **more}
 
 
 @dataclass
@@ -80,6 +87,7 @@ class ModelLoader:
         self._load_slots = asyncio.Semaphore(config.max_loading_concurrency)
         self._space_freed = asyncio.Event()
         self.load_count = 0
+        self.draining = False  # shutting down: no new loads start here (see mesh/drain.py)
         self.on_change: Callable[[], None] = lambda: None  # e.g. republish the instance record
         metrics.instance_capacity.set(config.capacity_bytes)
 
@@ -119,16 +127,20 @@ class ModelLoader:
             return failure
         return None
 
-    async def ensure_loaded(self, record: ModelRecord) -> LocalCopy:
+    async def ensure_loaded(self, record: ModelRecord, *, force: bool = False) -> LocalCopy:
         """Return once the model is loaded here, starting the load if nobody has.
         Every concurrent caller shares the one load; a caller that gives up does
-        not cancel it for the others."""
+        not cancel it for the others. While draining no new load starts (it
+        raises `Draining`, which the router takes as "go elsewhere") unless
+        `force`d: the router's last resort when no other instance can take it."""
         model_id = record.model_id
         copy = self.copies.get(model_id)
         if copy is not None and copy.state is CopyState.LOADED:
             return copy
         task = self._loads.get(model_id)
         if task is None:
+            if self.draining and not force:
+                raise Draining(f"model {model_id!r} is not loaded here and this instance is shutting down")
             failure = self.failure_of(model_id)
             if failure is not None:
                 raise ModelLoadFailed(
@@ -141,6 +153,12 @@ class ModelLoader:
             self._loads[model_id] = task
             task.add_done_callback(lambda t, m=model_id: self._loads.pop(m, None) if self._loads.get(m) is t else None)
         return await asyncio.shield(task)
+
+    async def settle(self, timeout_s: float) -> None:
+        """Wait (bounded) for the loads in progress to land or fail."""
+        pending = list(self._loads.values())
+        if pending and timeout_s > 0:
+            await asyncio.wait(pending, timeout=timeout_s)
 
     async def predicted_size(self, record: ModelRecord) -> int:
         """Measured at an earlier load if ever loaded, else the runtime's estimate."""
@@ -192,7 +210,7 @@ class ModelLoader:
                     self.config.load_timeout_s,
                 )
         except BaseException as exc:
-            await self._undo_failed_load(model_id, exc)
+            await self._undo_failed_load(model_id, exc, size, started)
             raise self._load_error(model_id, exc) from exc
         measured = response.sizeInBytes or size
         if measured > self.lru.capacity_bytes:
@@ -201,7 +219,7 @@ class ModelLoader:
                 f"capacity of {self.lru.capacity_bytes}"
             )
             await self._drop(model_id, unload=True)
-            self._record_failure(model_id, error.message)
+            self._record_failure(model_id, error.message, measured, started)
             raise error
         if model_id in self._unregistered:
             await self._drop(model_id, unload=True)
@@ -217,7 +235,7 @@ class ModelLoader:
         self._metrics.load_ms.observe(elapsed_ms)
         self._metrics.loaded_model_size.observe(measured)
         self._update_gauges()
-        log.info("loaded %s: %d bytes in %.1f ms", model_id, measured, elapsed_ms)
+        log.info("loaded %s: %d bytes in %.1f ms", model_id, measured, elapsed_ms, extra=_event("load", model_id, measured, elapsed_ms))
         if self.lru.over_capacity_bytes:
             await self._shed_excess()
         return copy
@@ -231,7 +249,7 @@ class ModelLoader:
             return ModelLoadFailed(f"model {model_id!r} failed to load: {exc.message}")
         return ModelLoadFailed(f"model {model_id!r} failed to load: {exc!r}")
 
-    async def _undo_failed_load(self, model_id: str, exc: BaseException) -> None:
+    async def _undo_failed_load(self, model_id: str, exc: BaseException, size: int, started: float) -> None:
         """A load that raised: free its reservation and remember why, except
         when the runtime was unreachable or we were cancelled (no fault of
         the model). A timed-out or cancelled load may still land in the
@@ -240,7 +258,8 @@ class ModelLoader:
         if isinstance(exc, (RuntimeUnavailable, asyncio.CancelledError)):
             self._publish(model_id, DesiredCopy(None, self._clock()))
         else:
-            self._record_failure(model_id, exc.message if isinstance(exc, MeshError) else str(exc) or repr(exc))
+            message = exc.message if isinstance(exc, MeshError) else str(exc) or repr(exc)
+            self._record_failure(model_id, message, size, started)
 
     async def _drop(self, model_id: str, *, unload: bool) -> None:
         """Forget a copy that never served: its reservation goes at once, and
@@ -255,12 +274,16 @@ class ModelLoader:
             except MeshError as unload_error:
                 log.warning("unload after abandoned load of %s failed: %s", model_id, unload_error)
 
-    def _record_failure(self, model_id: str, message: str) -> None:
+    def _record_failure(self, model_id: str, message: str, size: int, started: float) -> None:
         failure = LocalCopy(model_id, CopyState.FAILED, self._clock(), error=message)
         self.failures[model_id] = failure
         self._metrics.load_failures.inc()
         self._publish(model_id, DesiredCopy(CopyState.FAILED, failure.since_ms, error=message))
-        log.warning("load of %s failed: %s", model_id, message)
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+        log.warning(
+            "load of %s failed: %s", model_id, message,
+            extra=_event("load_failed", model_id, size, elapsed_ms, error=message),
+        )
 
     async def _make_room(self, model_id: str, size: int) -> None:
         loop = asyncio.get_running_loop()
@@ -296,13 +319,12 @@ class ModelLoader:
         if copy is not None:
             self._metrics.evictions.inc()
             self._metrics.age_at_eviction_ms.observe(max(0, self._clock() - copy.since_ms))
-            log.info("evicting %s (%d bytes, LRU)", model_id, copy.size_bytes)
-        await self.unload(model_id)
+        await self.unload(model_id, "LRU", event="evict")
 
-    async def unload(self, model_id: str) -> None:
+    async def unload(self, model_id: str, reason: str = "requested", *, event: str = "unload") -> None:
         """Unload a loaded copy. The model stays counted (pinned) until the
         runtime has really freed it, so no load is admitted into memory that
-        is still in use."""
+        is still in use. `reason` and `event` go into its one log line."""
         existing = self._unloads.get(model_id)
         if existing is not None:
             return await asyncio.shield(existing)
@@ -313,12 +335,13 @@ class ModelLoader:
         # starts before the unload task runs can be confused with this copy
         del self.copies[model_id]
         self.lru.pin(model_id, True)
-        task = asyncio.create_task(self._unload(model_id), name=f"unload-{model_id}")
+        task = asyncio.create_task(self._unload(copy, reason, event), name=f"unload-{model_id}")
         self._unloads[model_id] = task
         task.add_done_callback(lambda t, m=model_id: self._unloads.pop(m, None))
         await asyncio.shield(task)
 
-    async def _unload(self, model_id: str) -> None:
+    async def _unload(self, copy: LocalCopy, reason: str, event: str) -> None:
+        model_id = copy.model_id
         started = time.perf_counter()
         try:
             await self.runtime.unload(model_id)
@@ -328,8 +351,14 @@ class ModelLoader:
             self.lru.remove(model_id)
             self._signal_space()
             self._update_gauges()
-        self._metrics.unload_ms.observe((time.perf_counter() - started) * 1e3)
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+        self._metrics.unload_ms.observe(elapsed_ms)
         self._publish(model_id, DesiredCopy(None, self._clock()))
+        log.info(
+            "%s %s (%s): %d bytes in %.1f ms", "evicted" if event == "evict" else "unloaded", model_id, reason,
+            copy.size_bytes, elapsed_ms,
+            extra=_event(event, model_id, copy.size_bytes, elapsed_ms, reason=reason, age_ms=max(0, self._clock() - copy.since_ms)),
+        )
 
     def forget(self, model_id: str) -> None:
         """The model was unregistered: drop its failure and unload it in the background."""
@@ -337,10 +366,10 @@ class ModelLoader:
         if model_id in self._loads:
             self._unregistered.add(model_id)  # unloaded as soon as its load lands
         elif model_id in self.copies and self.copies[model_id].state is CopyState.LOADED:
-            asyncio.create_task(self.unload(model_id), name=f"unregister-{model_id}")
+            asyncio.create_task(self.unload(model_id, "unregistered"), name=f"unregister-{model_id}")
 
-    async def unload_all(self) -> None:
-        await asyncio.gather(*(self.unload(m) for m in list(self.copies)), return_exceptions=True)
+    async def unload_all(self, reason: str = "shutdown") -> None:
+        await asyncio.gather(*(self.unload(m, reason) for m in list(self.copies)), return_exceptions=True)
 
     # ---- bookkeeping ----------------------------------------------------------
 

@@ -5,9 +5,16 @@ would explode the series count."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from mesh.errors import MeshError
+from mesh.logs import log_request
 
 MS_BUCKETS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 120000)
 BYTES_BUCKETS = tuple(float(1 << s) for s in range(6, 36, 2))
@@ -16,6 +23,7 @@ BYTES_BUCKETS = tuple(float(1 << s) for s in range(6, 36, 2))
 @dataclass
 class MeshMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    log_requests: bool = False  # logging: one line per external request (MM_LOG_EACH_INVOKE)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -55,3 +63,31 @@ class MeshMetrics:
         self.response_size = Histogram(
             "modelmesh_response_size_bytes", "Inference response payload sizes", buckets=BYTES_BUCKETS, registry=r
         )
+        # payload logging: sampled payloads a processor did not deliver (mesh/payloads.py)
+        self.payloads_dropped = Counter(
+            "mmesh_payloads_dropped", "Payloads not delivered to a payload processor", ["processor", "reason"], registry=r
+        )
+
+    @contextmanager
+    def api_call(self, method: str) -> Iterator[None]:
+        """Time one external request under `modelmesh_api_request_milliseconds`,
+        labelled with the status it ended with (a MeshError's gRPC code, so a
+        REST call and a gRPC call of one outcome count alike)."""
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            yield
+        except MeshError as exc:
+            code = exc.code.name
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            raise
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1e3
+            self.api_request_ms.labels(method, code).observe(elapsed_ms)
+            if self.log_requests:
+                log_request(method, code, elapsed_ms)

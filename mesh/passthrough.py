@@ -15,6 +15,7 @@ import grpc
 from mesh.dataplane import DataPlane
 from mesh.errors import InvalidInput, RuntimeCallError
 from mesh.grpc_errors import serve_call
+from mesh.logs import bind_request
 from mesh.metrics import MeshMetrics
 from mesh.peers import FORWARDED_HEADER, MODEL_ID_HEADER, VMODEL_ID_HEADER
 from mesh.proto_splice import SpliceError, splice_string
@@ -57,6 +58,7 @@ class PassthroughHandler(grpc.GenericRpcHandler):
 
     async def _route(self, method: str, payload: bytes, context: grpc.aio.ServicerContext) -> bytes:
         headers = {key: value for key, value in (context.invocation_metadata() or ())}
+        bind_request("", headers, self.dataplane.instance_id)
         if not any(h in headers for h in (MODEL_ID_HEADER, f"{MODEL_ID_HEADER}-bin", VMODEL_ID_HEADER, f"{VMODEL_ID_HEADER}-bin")):
             raise InvalidInput(f"{method}: not a mesh method; name the model with the mm-model-id or mm-vmodel-id header")
         path = self.policy.check(method)

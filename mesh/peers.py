@@ -14,7 +14,9 @@ from typing import TypeVar
 import grpc
 
 from mesh.errors import RuntimeUnavailable, error_from_status
+from mesh.logs import REQUEST_ID_HEADER, current_request_id
 from mesh.records import InstanceRecord
+from mesh.tls import TlsMaterial, open_peer_channel
 from mesh.views import TableView
 from protos import grpc_predict_v2_pb2_grpc as v2_grpc
 from runtime_adapter.server import MAX_MESSAGE_BYTES
@@ -27,9 +29,13 @@ FORWARDED_HEADER = "mm-forwarded"  # set on hops between sidecars: serve here, n
 
 
 def hop_metadata(model_id: str, sender: str) -> tuple[tuple[str, str], ...]:
-    """Headers of a request one sidecar sends another: the resolved model, and
-    who forwarded it (so the receiver serves it and never forwards again)."""
-    return ((MODEL_ID_HEADER, model_id), (FORWARDED_HEADER, sender))
+    """Headers of a request one sidecar sends another: the resolved model,
+    who forwarded it (so the receiver serves it and never forwards again),
+    and the request's id (so both sidecars' log lines carry the same one)."""
+    request_id = current_request_id()
+    if request_id is None:
+        return ((MODEL_ID_HEADER, model_id), (FORWARDED_HEADER, sender))
+    return ((MODEL_ID_HEADER, model_id), (FORWARDED_HEADER, sender), (REQUEST_ID_HEADER, request_id))
 
 
 @dataclass(frozen=True)
@@ -45,8 +51,9 @@ class Peer:
 
 
 class Peers:
-    def __init__(self, instances: TableView[InstanceRecord]) -> None:
+    def __init__(self, instances: TableView[InstanceRecord], tls: TlsMaterial | None = None) -> None:
         self._instances = instances
+        self._tls = tls  # peers speak TLS (mutual, with the serving certificate) when this sidecar does
         self._peers: dict[str, Peer] = {}
         self.in_flight: Counter[str] = Counter()
         instances.add_listener(self._on_instance_change)
@@ -58,12 +65,13 @@ class Peers:
         cached = self._peers.get(instance_id)
         if cached is not None and cached.endpoint == record.endpoint:
             return cached
-        channel = grpc.aio.insecure_channel(
+        channel = open_peer_channel(
             record.endpoint,
-            options=[
+            [
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
+            self._tls,
         )
         peer = Peer(record.endpoint, channel, v2_grpc.GRPCInferenceServiceStub(channel))
         self._peers[instance_id] = peer

@@ -103,11 +103,15 @@ class Router:
         copy = self.loader.try_acquire(model_id)
         if copy is not None:
             return await self._serve(model_id, copy, local)
-        if forwarded or remote is None or self.peers is None or model_id in self.loader.copies:
+        can_forward = remote is not None and self.peers is not None
+        draining = self.loader.draining and can_forward and model_id not in self.loader.copies
+        if not draining and (forwarded or not can_forward or model_id in self.loader.copies):
             # served here: a hop already happened, or a load here is under way
             return await self._serve(model_id, await self._miss(model_id, before_load), local)
+        # a draining instance starts no load: even a forwarded request goes on
+        # to where a copy is or may load (peers' placement already skips us)
         record = await self.record(model_id)
-        tried: set[str] = set()
+        tried: set[str] = {self.instance_id} if draining else set()
         last: MeshError | None = None
         for _ in range(ROUTE_ATTEMPTS):
             target, existing = await self._target(record, tried)
@@ -134,6 +138,9 @@ class Router:
                 tried.add(target)
                 last = exc
                 record = self.view.get(model_id) or record
+        if draining:  # nowhere else could take it: serving it here beats failing it
+            log.info("draining, but no other instance could serve %s; loading it here", model_id)
+            return await self._serve(model_id, await self._miss(model_id, before_load, force=True), local)
         if isinstance(last, CapacityExhausted):
             raise last
         if last is not None:
@@ -182,6 +189,12 @@ class Router:
     def live_instances(self):
         return self.instances.ids() if self.instances is not None else {self.instance_id: None}.keys()
 
+    def is_draining(self, instance_id: str) -> bool:
+        """Whether the instance's record says it is shutting down: its copies
+        still serve, but are on their way out."""
+        record = self.instances.get(instance_id) if self.instances is not None else None
+        return record is not None and record.shutting_down
+
     async def load_on(self, instance_id: str, model_id: str) -> None:
         """Make `instance_id` load the model: here directly, on a peer by a
         forwarded metadata call (served where it lands, loading first)."""
@@ -196,7 +209,12 @@ class Router:
 
     def _instance_states(self) -> list[InstanceState]:
         """Peers as their records say; this instance as its loader says now."""
-        states = [replace(self.loader.instance_state(self.instance_id), zone=self.zone, labels=self.labels)]
+        states = [
+            replace(
+                self.loader.instance_state(self.instance_id),
+                zone=self.zone, labels=self.labels, shutting_down=self.loader.draining,
+            )
+        ]
         if self.instances is not None:
             for rec in self.instances.records():
                 if rec.instance_id == self.instance_id:
@@ -222,8 +240,11 @@ class Router:
         finally:
             self.loader.release(model_id)
 
-    async def _miss(self, model_id: str, before_load: Callable[[], Awaitable[None]] | None) -> LocalCopy:
-        """Load here (or wait for the load in progress) and take a copy."""
+    async def _miss(
+        self, model_id: str, before_load: Callable[[], Awaitable[None]] | None, *, force: bool = False
+    ) -> LocalCopy:
+        """Load here (or wait for the load in progress) and take a copy;
+        `force` loads even while draining."""
         copy = self.loader.try_acquire(model_id)
         if copy is not None:
             return copy
@@ -234,7 +255,7 @@ class Router:
         self.metrics.waiting_for_load.inc()
         try:
             for _ in range(MISS_ATTEMPTS):
-                await self.loader.ensure_loaded(record)
+                await self.loader.ensure_loaded(record, force=force)
                 copy = self.loader.try_acquire(model_id)
                 if copy is not None:
                     self.metrics.cache_miss_ms.observe((time.perf_counter() - started) * 1e3)

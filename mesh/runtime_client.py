@@ -26,6 +26,7 @@ from runtime_adapter.server import MAX_MESSAGE_BYTES, MODEL_ID_HEADER
 
 class RuntimeClient(Protocol):
     async def status(self) -> spi.RuntimeStatusResponse: ...
+    async def ready(self) -> bool: ...
     async def load(self, request: spi.LoadModelRequest, timeout_s: float) -> spi.LoadModelResponse: ...
     async def unload(self, model_id: str) -> None: ...
     async def predict_size(self, request: spi.PredictModelSizeRequest) -> int: ...
@@ -50,6 +51,10 @@ class InProcessRuntime:
 
     async def status(self) -> spi.RuntimeStatusResponse:
         return await self._call(self.repository.runtime_status)
+
+    async def ready(self) -> bool:
+        """In this process: ready for as long as the process runs."""
+        return True
 
     async def load(self, request: spi.LoadModelRequest, timeout_s: float) -> spi.LoadModelResponse:
         return await self._call(self.repository.load, request)
@@ -121,6 +126,16 @@ class GrpcRuntime:
 
     async def status(self) -> spi.RuntimeStatusResponse:
         return await self._call(self._spi.runtimeStatus, spi.RuntimeStatusRequest(), timeout_s=10)
+
+    async def ready(self, timeout_s: float = 2.0) -> bool:
+        """The adapter's v2 ServerReady, for readiness probes: runtimeStatus
+        cannot serve them, since an adapter purges its models when asked it
+        (that call means "the sidecar restarted")."""
+        try:
+            response = await self._v2.ServerReady(v2.ServerReadyRequest(), timeout=timeout_s)
+        except grpc.aio.AioRpcError:
+            return False
+        return response.ready
 
     async def load(self, request: spi.LoadModelRequest, timeout_s: float) -> spi.LoadModelResponse:
         return await self._call(self._spi.loadModel, request, timeout_s=timeout_s)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import uuid
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,3 +61,40 @@ class MeshSettings(BaseSettings):
     scale_up_in_flight: int = 16
     copy_idle_s: float = 600.0  # an extra copy unused this long is dropped
     default_vmodel_owner: str = Field("", validation_alias=AliasChoices("MM_DEFAULT_VMODEL_OWNER", "MMESH_DEFAULT_VMODEL_OWNER", "default_vmodel_owner"))
+
+    # REST and probes (aiohttp, on the sidecar's event loop; ModelMesh's ports)
+    rest_port: int = 8008  # v2 REST: /v2/models/{name}/infer, …; 0 = off
+    probe_port: int = 8089  # GET /live and /ready for kubelet; 0 = off
+
+    # TLS (mesh/tls.py checks and uses these): off unless a certificate and key
+    # are given; then gRPC, peer channels and REST serve TLS, mutual when
+    # client auth is optional/require (verified with the trust CA)
+    tls_cert_path: str = Field("", validation_alias=AliasChoices("MM_TLS_KEY_CERT_PATH", "MMESH_TLS_CERT_PATH", "tls_cert_path"))
+    tls_key_path: str = Field("", validation_alias=AliasChoices("MM_TLS_PRIVATE_KEY_PATH", "MMESH_TLS_KEY_PATH", "tls_key_path"))
+    tls_client_auth: str = Field("none", validation_alias=AliasChoices("MM_TLS_CLIENT_AUTH", "MMESH_TLS_CLIENT_AUTH", "tls_client_auth"))
+    tls_trust_cert_path: str = Field(
+        "", validation_alias=AliasChoices("MM_TLS_TRUST_CERT_PATH", "MMESH_TLS_TRUST_CERT_PATH", "tls_trust_cert_path")
+    )  # comma-separated CA files
+    tls_target_name_override: str = ""  # host name peers check in each other's certificate; "" = the advertised host
+
+    # drain (mesh/drain.py): SIGTERM → copies moved to peers, in-flight calls
+    # finished, exit — all within this; Kubernetes' default grace period.
+    # ModelMesh's SHUTDOWN_TIMEOUT_MS (the pod's grace period in ms) wins when set
+    drain_grace_s: float = 30.0
+    shutdown_timeout_ms: int = Field(
+        0, validation_alias=AliasChoices("SHUTDOWN_TIMEOUT_MS", "MMESH_SHUTDOWN_TIMEOUT_MS", "shutdown_timeout_ms")
+    )
+
+    # logging (mesh/logs.py): `text` for people, `json` lines for log pipelines;
+    # one line per external request when log_requests is on (off by default)
+    log_format: Literal["text", "json"] = "text"
+    log_requests: bool = Field(False, validation_alias=AliasChoices("MM_LOG_EACH_INVOKE", "MMESH_LOG_REQUESTS", "log_requests"))
+
+    # payload logging (mesh/payloads.py): ModelMesh's whitespace-separated
+    # processor URIs (logger://*, http://host:port/path[?modelId][#method]); off when empty
+    payload_processors: str = Field(
+        "", validation_alias=AliasChoices("MM_PAYLOAD_PROCESSORS", "MMESH_PAYLOAD_PROCESSORS", "payload_processors")
+    )
+    payload_sample_rate: float = Field(1.0, ge=0.0, le=1.0)  # share of requests recorded (request and response)
+    payload_log_data: bool = False  # logger:// lines include the payload itself (base64)
+    payload_queue_size: int = Field(1000, ge=1)  # per processor; a full queue drops (and counts) payloads

@@ -1,6 +1,6 @@
 """Assembles one sidecar: runtime client, registry store and view, loader,
-router, data plane, the gRPC server and the metrics endpoint; and takes them
-down again in reverse order."""
+router, data plane, the gRPC server, the REST and probe servers and the
+metrics endpoint; and takes them down again in reverse order."""
 
 from __future__ import annotations
 
@@ -18,13 +18,19 @@ from mesh.clock import now_ms
 from mesh.copies import CopyPolicy, CopyScaler
 from mesh.copy_recorder import CopyRecorder, CopyState, DesiredCopy
 from mesh.dataplane import DataPlane
+from mesh.drain import DrainConfig, Drainer, DrainReport
 from mesh.frontend_grpc import InferenceFrontend
+from mesh.frontend_rest import RestFrontend
+from mesh.http_server import HttpServer
+from mesh.probes import probe_app, sidecar_checks
 from mesh.loader import LoaderConfig, ModelLoader
 from mesh.management import ExtensionsFrontend, Management, ManagementFrontend
 from mesh.metrics import MeshMetrics
 from mesh.instance_publisher import InstancePublisher
 from mesh.leader import Leader
+from mesh.logs import bind_instance
 from mesh.passthrough import MethodPolicy, PassthroughHandler
+from mesh.payloads import PayloadProcessors
 from mesh.peers import Peers
 from mesh.records import InstanceRecord, ModelRecord, VModelRecord
 from mesh.status import model_status
@@ -32,6 +38,7 @@ from mesh.router import Router
 from mesh.runtime_client import GrpcRuntime, InProcessRuntime, RuntimeClient
 from mesh.settings import MeshSettings
 from mesh.store import EtcdTable, RegistryStore
+from mesh.tls import TlsMaterial, add_grpc_port, load_tls
 from mesh.type_constraints import TypeConstraints
 from mesh.views import RegistryView, TableView
 from mesh.vmodels import VModels
@@ -51,6 +58,9 @@ class Sidecar:
     metrics: MeshMetrics = field(default_factory=MeshMetrics)
     grpc_port: int = 0  # the bound port, once started
     metrics_port: int = 0
+    rest_port: int = 0  # REST v2 and probe ports, once bound (0 = off)
+    probe_port: int = 0
+    shutting_down: bool = False  # set when stopping begins: readiness turns 503
 
     async def start(self) -> "Sidecar":
         """Start everything; if any part fails, stop what already started
@@ -63,8 +73,22 @@ class Sidecar:
 
     async def _start(self) -> "Sidecar":
         s = self.settings
+        bind_instance(s.instance_id)  # logging: every task started from here (requests too) carries it
+        self.metrics.log_requests = s.log_requests
+        self.tls: TlsMaterial | None = load_tls(s)  # first: bad TLS settings fail before anything runs
         self._metrics_server = None
         self._temp_models_dir: Path | None = None
+        self._rest_server: HttpServer | None = None
+        self._probe_server: HttpServer | None = None
+        # the HTTP ports are claimed first: a taken one fails the start before anything runs
+        if s.probe_port > 0:
+            self._probe_server = HttpServer(s.host, s.probe_port)
+            self.probe_port = self._probe_server.port
+        if s.rest_port > 0:
+            self._rest_server = HttpServer(s.host, s.rest_port)
+            self.rest_port = self._rest_server.port
+        if self._probe_server is not None:  # served at once, so /live answers while the rest starts
+            await self._probe_server.serve(probe_app(sidecar_checks(self)))
         self.runtime = await self._connect_runtime()
         status = await self.runtime.status()  # also purges models left from a previous life
         self.store = RegistryStore(s.etcd_endpoints, s.kv_prefix)
@@ -91,7 +115,7 @@ class Sidecar:
         self.instances_table = EtcdTable(self.store.client, s.kv_prefix, "instances", InstanceRecord.from_json)
         self.instances = TableView(self.instances_table)
         await self.instances.start()
-        self.peers = Peers(self.instances)
+        self.peers = Peers(self.instances, self.tls)
         self.labels = frozenset(label for label in s.labels.split(",") if label) | self.runtime.type_labels()
         self.router = Router(
             self.view, self.store, self.loader, self.metrics,
@@ -107,19 +131,31 @@ class Sidecar:
             lambda model_id: model_status(self.view.get(model_id), self.loader, s.instance_id),
             default_owner=s.default_vmodel_owner, failure_backoff_ms=s.load_failure_backoff_ms,
         )
-        self.dataplane = DataPlane(self.router, s.request_timeout_s, s.instance_id, self.vmodels)
+        # payload logging: None (and free on the request path) unless processors are configured
+        self.payloads = PayloadProcessors.build(
+            s.payload_processors, sample_rate=s.payload_sample_rate, queue_size=s.payload_queue_size,
+            dropped=self.metrics.payloads_dropped, source=f"/mmesh/instances/{s.instance_id}",
+            include_data=s.payload_log_data,
+        )
+        if self.payloads is not None:
+            self.payloads.start()
+        self.dataplane = DataPlane(self.router, s.request_timeout_s, s.instance_id, self.vmodels, self.payloads)
         self.management = Management(self.store, self.view, self.loader, self.router, s.instance_id, self.vmodels)
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceFrontend(self.dataplane, self.metrics, lambda: self.view.synced.is_set()), self.server
+            InferenceFrontend(self.dataplane, self.metrics, self._serving_ready), self.server
         )
         mm_grpc.add_ModelMeshServicer_to_server(ManagementFrontend(self.management, self.metrics), self.server)
         ext_grpc.add_ModelMeshExtensionsServicer_to_server(ExtensionsFrontend(self.management, self.metrics), self.server)
         self.server.add_generic_rpc_handlers((PassthroughHandler(self.dataplane, MethodPolicy(status), self.metrics),))
-        self.grpc_port = self.server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        self.grpc_port = add_grpc_port(self.server, f"{s.host}:{s.grpc_port}", self.tls)
         if not self.grpc_port:
             raise OSError(f"could not bind gRPC port {s.host}:{s.grpc_port}")
         await self.server.start()
+        if self._rest_server is not None:  # before the instance is published: peers may send REST clients here
+            rest = RestFrontend(self.dataplane, self.metrics, self._serving_ready)
+            ssl_context = self.tls.server_ssl_context() if self.tls else None
+            await self._rest_server.serve(rest.app(), ssl_context=ssl_context)
         self._started_ms = now_ms()
         self._rate_mark = (asyncio.get_running_loop().time(), 0)
         self.publisher = InstancePublisher(
@@ -199,11 +235,18 @@ class Sidecar:
             loading=self.loader.loading_count,
             req_rate=rate,
             start_ms=self._started_ms,
+            shutting_down=self.shutting_down,  # peers' placement skips a draining instance
         )
+
+    def _serving_ready(self) -> bool:
+        """v2 ServerReady: the registry view is synced and no drain has begun."""
+        return self.view.synced.is_set() and not self.shutting_down
 
     def _announce_copies(self) -> None:
         """After a lost lease the janitor may have dropped our copies from the
-        records; state them again."""
+        records; state them again (unless draining: withdrawn on purpose)."""
+        if self.shutting_down:
+            return
         for copy in list(self.loader.copies.values()):
             if copy.state is CopyState.LOADED:
                 self.recorder.set(copy.model_id, DesiredCopy(CopyState.LOADED, copy.since_ms, copy.size_bytes))
@@ -217,13 +260,50 @@ class Sidecar:
     def address(self) -> str:
         return f"{self.settings.host}:{self.grpc_port}"
 
+    async def drain(self, grace_s: float | None = None, *, migrate: bool = True) -> DrainReport | None:
+        """Graceful shutdown (SIGTERM): stop taking loads, copy this
+        instance's models to peers, withdraw its copies, then `stop` with what
+        is left of the grace period for in-flight calls. The steps and their
+        order are in mesh/drain.py. `grace_s` defaults to the settings'
+        (`drain_grace_s`, or ModelMesh's SHUTDOWN_TIMEOUT_MS); `migrate=False`
+        skips the copies (the whole mesh is going away). Ends stopped, even
+        when cancelled; returns what was copied where."""
+        bind_instance(self.settings.instance_id)
+        self.shutting_down = True
+        drainer = Drainer(self, DrainConfig.from_settings(self.settings, grace_s, migrate=migrate))
+        report = None
+        try:
+            report = await drainer.run()
+        except Exception:
+            log.exception("drain of %s failed; stopping now", self.settings.instance_id)
+        finally:
+            await self.stop(grace_s=drainer.request_grace_s())
+        return report
+
     async def stop(self, grace_s: float = 2.0) -> None:
         """Stop in reverse order; safe on a partly started sidecar, and one
-        failing step does not keep the others from running."""
+        failing step does not keep the others from running. Runs once, in
+        the first caller's task (a failed start stops what it started at
+        once); a later call (after `drain`, say) waits for that one."""
+        stopping: asyncio.Future[None] | None = getattr(self, "_stopping", None)
+        if stopping is not None:
+            await asyncio.shield(stopping)
+            return
+        self._stopping = asyncio.get_running_loop().create_future()
+        try:
+            await self._stop(grace_s)
+        finally:
+            self._stopping.set_result(None)
+
+    async def _stop(self, grace_s: float) -> None:
+        bind_instance(self.settings.instance_id)
+        self.shutting_down = True
         steps = [
             ("leader", lambda: self.leader.stop()),
             ("scaler", lambda: self.scaler.stop()),
             ("server", lambda: self.server.stop(grace_s)),
+            ("_rest_server", lambda: self._stop_http("_rest_server")),
+            ("payloads", lambda: self.payloads.close()),  # after the servers: the last responses are queued
             ("_metrics_server", self._stop_metrics),
             ("loader", lambda: self.loader.unload_all()),
             ("recorder", lambda: self.recorder.flush(timeout_s=3)),
@@ -236,6 +316,7 @@ class Sidecar:
             ("store", lambda: self.store.close()),
             ("runtime", lambda: self.runtime.close()),
             ("_temp_models_dir", self._remove_temp_models_dir),
+            ("_probe_server", lambda: self._stop_http("_probe_server")),  # last: /live answers to the end
         ]
         for attribute, step in steps:
             if getattr(self, attribute, None) is None:
@@ -244,6 +325,11 @@ class Sidecar:
                 await step()
             except Exception:
                 log.exception("stopping %s failed", attribute)
+
+    async def _stop_http(self, attribute: str) -> None:
+        server = getattr(self, attribute)
+        setattr(self, attribute, None)
+        await server.stop()
 
     async def _remove_temp_models_dir(self) -> None:
         path, self._temp_models_dir = self._temp_models_dir, None

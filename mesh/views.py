@@ -20,6 +20,7 @@ from mesh.records import ModelRecord
 from mesh.store import EtcdTable, R
 
 log = logging.getLogger(__name__)
+STOP_WAIT_S = 3.0  # how long stop() keeps cancelling a watch that will not end
 
 RESYNC_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 
@@ -120,13 +121,23 @@ class TableView(Generic[R]):
         self._task = asyncio.create_task(self._run(), name=f"{self._store.table}-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        """Cancel the watch and wait for it. Cancelled again until it ends:
+        Python 3.11's `asyncio.wait_for` (inside aetcd's watch creation) can
+        swallow a cancellation that arrives as etcd answers, and the task
+        would then wait for watch events forever."""
+        task, self._task = self._task, None
+        deadline = asyncio.get_running_loop().time() + STOP_WAIT_S
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+            if asyncio.get_running_loop().time() > deadline:
+                # seen inside aetcd's watch generator: closing the etcd
+                # client (the next stop step) ends it; never hang a stop
+                log.warning("%s watch did not end within %.0fs of cancelling; leaving it to the client's close",
+                            self._store.table, STOP_WAIT_S)
+                return
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.warning("%s watch ended with %r", self._store.table, task.exception())
 
     async def _resync(self) -> None:
         records, revision = await self._store.list()

@@ -123,6 +123,8 @@ def start_sidecar(
             instance_id=overrides.pop("instance_id", f"inst-{next(_ids)}"),
             grpc_port=0,
             metrics_port=overrides.pop("metrics_port", 0),
+            rest_port=overrides.pop("rest_port", 0),  # tests that want them pass free ports
+            probe_port=overrides.pop("probe_port", 0),
             etcd_endpoints=overrides.pop("etcd_endpoints", etcd.endpoint),
             kv_prefix=overrides.pop("kv_prefix", prefix),
             runtime=overrides.pop("runtime", runtime),

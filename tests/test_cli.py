@@ -34,6 +34,7 @@ def mesh_up(tmp_path: Path):
     log = (tmp_path / "up.log").open("w+")
     proc = subprocess.Popen(
         [*MMESH, "up", "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port),
+         "--rest-port", str(free_port()), "--probe-port", str(free_port()),
          "--etcd-port", str(etcd_port), "--data-dir", str(tmp_path / "data")],
         stdout=log, stderr=subprocess.STDOUT, text=True,
     )
@@ -55,6 +56,7 @@ def test_up_serves_examples_and_stops_cleanly_on_ctrl_c(mesh_up, tmp_path):
     proc, target, etcd_port, log = mesh_up
     banner = log.read_text()
     assert target in banner and "add-one" in banner
+    assert "v2 REST http://127.0.0.1:" in banner and "probes http://127.0.0.1:" in banner
 
     out = run("infer", "add-one", "--data", "[[1, 2, 3, 4]]", "-t", target)
     assert out.returncode == 0, out.stdout + out.stderr

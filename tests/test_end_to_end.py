@@ -134,7 +134,7 @@ def test_failed_start_leaves_nothing_running(start_sidecar, loop_thread, etcd):
     running = start_sidecar()
     port = int(running.address.rsplit(":", 1)[1])
     settings = MeshSettings(
-        instance_id="clash", grpc_port=port, metrics_port=0, etcd_endpoints=etcd.endpoint,
+        instance_id="clash", grpc_port=port, metrics_port=0, rest_port=0, probe_port=0, etcd_endpoints=etcd.endpoint,
         kv_prefix=running.settings.kv_prefix, device="cpu",
     )
     clash = Sidecar(settings)

@@ -31,7 +31,8 @@ def start_mesh_process(etcd: str, prefix: str, instance_id: str, data_dir: Path)
     env = dict(os.environ, MMESH_INSTANCE_TTL_S=str(TTL_S))
     proc = subprocess.Popen(
         [sys.executable, "-m", "mesh.cli", "up", "--etcd", etcd, "--kv-prefix", prefix, "--instance-id", instance_id,
-         "--grpc-port", str(port), "--metrics-port", "0", "--no-examples", "--data-dir", str(data_dir / instance_id)],
+         "--grpc-port", str(port), "--metrics-port", "0", "--rest-port", "0", "--probe-port", "0", "--no-examples",
+         "--data-dir", str(data_dir / instance_id)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )
     address = f"127.0.0.1:{port}"
