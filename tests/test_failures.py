@@ -26,14 +26,27 @@ TTL_S = 3
 
 
 
+def log_path(data_dir: Path, instance_id: str) -> Path:
+    """Each mesh process logs here (INFO), so a failure can show what it did."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return data_dir / f"{instance_id}.log"
+
+
+def log_tails(data_dir: Path, instance_ids: list[str], lines: int = 40) -> str:
+    return "\n".join(
+        f"--- {i} ---\n" + "\n".join(log_path(data_dir, i).read_text(errors="replace").splitlines()[-lines:])
+        for i in instance_ids
+    )
+
+
 def start_mesh_process(etcd: str, prefix: str, instance_id: str, data_dir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = dict(os.environ, MMESH_INSTANCE_TTL_S=str(TTL_S))
     proc = subprocess.Popen(
         [sys.executable, "-m", "mesh.cli", "up", "--etcd", etcd, "--kv-prefix", prefix, "--instance-id", instance_id,
          "--grpc-port", str(port), "--metrics-port", "0", "--rest-port", "0", "--probe-port", "0", "--no-examples",
-         "--data-dir", str(data_dir / instance_id)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+         "--data-dir", str(data_dir / instance_id), "--log-level", "INFO"],
+        stdout=subprocess.DEVNULL, stderr=log_path(data_dir, instance_id).open("wb"), env=env,
     )
     address = f"127.0.0.1:{port}"
     client = triton.InferenceServerClient(address)
@@ -125,7 +138,7 @@ def test_sigkill_under_load_loses_no_request(etcd, models_dir, tmp_path):
         stop.set()
         for t in threads:
             t.join(60)
-        assert not failures, failures[:5]
+        assert not failures, f"{failures[:5]}\n{log_tails(tmp_path, ['k-0', 'k-1'])}"
         assert served[0] > 100
         assert time.monotonic() - killed_at - 1.0 <= 2 * TTL_S + 2
         # every model is still served, and no status names the dead instance
