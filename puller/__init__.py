@@ -9,6 +9,7 @@ Imports nothing from mesh/ or runtime_adapter/.
     puller.release("mnist__isvc-1234")
 """
 
+from .backends.local import disk_size
 from .cache import CacheEntry
 from .errors import PullError
 from .puller import PulledModel, Puller, PullerConfig
@@ -25,6 +26,7 @@ __all__ = [
     "PullerConfig",
     "StorageConfig",
     "StorageEntry",
+    "disk_size",
     "parse_model_source",
     "safe_join",
 ]

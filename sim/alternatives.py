@@ -16,71 +16,86 @@ used by the engine.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 __all__ = ["gdsf_hits", "lru2_hits"]
 
 
+class _PriorityCache:
+    """Resident models under a priority; eviction takes the lowest first.
+
+    Re-prioritising a model pushes a new heap entry and leaves the old one
+    stale (skipped when popped); the heap is rebuilt when stale entries
+    outnumber live ones, so both policies below stay O(log n) per request."""
+
+    def __init__(self, sizes: list[int], capacity: int) -> None:
+        self.size = sizes
+        self.capacity = capacity
+        self.resident: dict[int, Any] = {}  # model → its current priority (the live heap key)
+        self.heap: list[tuple[Any, int]] = []
+        self.used = 0
+
+    def make_room(self, s: int) -> Iterator[tuple[Any, int]]:
+        """Evict until `s` more bytes fit, yielding (priority, model) per eviction."""
+        while self.used + s > self.capacity:
+            key, victim = heapq.heappop(self.heap)
+            if self.resident.get(victim) == key:
+                del self.resident[victim]
+                self.used -= self.size[victim]
+                yield key, victim
+
+    def admit(self, m: int) -> None:
+        self.used += self.size[m]
+
+    def set(self, m: int, key: Any) -> None:
+        self.resident[m] = key
+        heapq.heappush(self.heap, (key, m))
+        if len(self.heap) > 4 * len(self.resident) + 1024:
+            self.heap = [(k, v) for v, k in self.resident.items()]
+            heapq.heapify(self.heap)
+
+
 def gdsf_hits(model_index: np.ndarray, sizes: np.ndarray, capacity: int) -> int:
-    size = sizes.tolist()
-    resident: dict[int, float] = {}  # model → its current priority (the live heap key)
+    cache = _PriorityCache(sizes.tolist(), capacity)
+    size = cache.size
     freq: dict[int, int] = {}
-    heap: list[tuple[float, int]] = []
-    used = 0
     clock = 0.0
     hits = 0
     for m in model_index.tolist():
-        if m in resident:
+        if m in cache.resident:
             hits += 1
             freq[m] += 1
         else:
             s = size[m]
             if s > capacity:
                 continue
-            while used + s > capacity:
-                key, victim = heapq.heappop(heap)
-                if resident.get(victim) == key:
-                    del resident[victim]
-                    del freq[victim]
-                    used -= size[victim]
-                    clock = key
+            for key, victim in cache.make_room(s):
+                del freq[victim]
+                clock = key
             freq[m] = 1
-            used += s
-        priority = clock + freq[m] / size[m]
-        resident[m] = priority
-        heapq.heappush(heap, (priority, m))
-        if len(heap) > 4 * len(resident) + 1024:
-            heap = [(k, v) for v, k in resident.items()]
-            heapq.heapify(heap)
+            cache.admit(m)
+        cache.set(m, clock + freq[m] / size[m])
     return hits
 
 
 def lru2_hits(model_index: np.ndarray, sizes: np.ndarray, capacity: int) -> int:
-    size = sizes.tolist()
+    cache = _PriorityCache(sizes.tolist(), capacity)
     last: dict[int, int] = {}  # model → last request index (kept after eviction: history)
-    resident: dict[int, tuple[int, int]] = {}  # model → (second-to-last, last) while cached
-    heap: list[tuple[tuple[int, int], int]] = []
-    used = 0
     hits = 0
     for i, m in enumerate(model_index.tolist()):
-        key = (last.get(m, -1), i)
+        key = (last.get(m, -1), i)  # (second-to-last, last) request
         last[m] = i
-        if m in resident:
+        if m in cache.resident:
             hits += 1
         else:
-            s = size[m]
+            s = cache.size[m]
             if s > capacity:
                 continue
-            while used + s > capacity:
-                old, victim = heapq.heappop(heap)
-                if resident.get(victim) == old:
-                    del resident[victim]
-                    used -= size[victim]
-            used += s
-        resident[m] = key
-        heapq.heappush(heap, (key, m))
-        if len(heap) > 4 * len(resident) + 1024:
-            heap = [(k, v) for v, k in resident.items()]
-            heapq.heapify(heap)
+            for _ in cache.make_room(s):
+                pass
+            cache.admit(m)
+        cache.set(m, key)
     return hits

@@ -37,7 +37,8 @@ from typing import ClassVar
 
 from protos import grpc_predict_v2_pb2 as v2
 from runtime_adapter.errors import AdapterError
-from runtime_adapter.external.layout import child_dir, clear_dir, disk_size_bytes, fresh_dir, remove, safe_dir_name
+from puller import disk_size
+from runtime_adapter.external.layout import child_dir, clear_dir, fresh_dir, remove, safe_dir_name
 from runtime_adapter.external.process_memory import ServerProcess
 from runtime_adapter.external.request_check import check_request
 from runtime_adapter.external.v2_client import V2Client
@@ -212,7 +213,7 @@ class ExternalServer(abc.ABC):
             log.info("%s: first %s model in %s pid %d; its RSS delta %d includes the runtime's start-up, "
                      "reporting the estimate %d", name, model_type, self.kind, pid, after - before, estimate)
             return estimate, False
-        disk = disk_size_bytes(source)
+        disk = disk_size(source)
         size = max(after - before, disk, 1)
         log.info("%s: measured %s RSS delta %d bytes (disk %d) -> size %d", name, self.kind, after - before, disk, size)
         return size, True
@@ -232,7 +233,7 @@ class ExternalServer(abc.ABC):
     # ---- size ---------------------------------------------------------------
 
     def estimate_size(self, path: Path) -> int:
-        disk = disk_size_bytes(path)
+        disk = disk_size(path)
         return int(disk * self.config.size_multiplier) if disk else DEFAULT_MODEL_SIZE_BYTES
 
     def predict_size(self, path: Path) -> int:

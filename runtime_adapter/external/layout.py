@@ -10,7 +10,6 @@ inside its root.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 from pathlib import Path
@@ -73,19 +72,3 @@ def link_contents(source: Path, target: Path, skip: frozenset[str] = frozenset()
     for entry in sorted(source.iterdir()):
         if entry.name not in skip:
             (target / entry.name).symlink_to(entry.absolute())
-
-
-def disk_size_bytes(path: Path) -> int:
-    """Bytes of the model on disk: the file, or every file under the directory
-    (symlinked files counted by their target's size; symlinked directories
-    are not descended into, to avoid loops)."""
-    if path.is_file():
-        return path.stat().st_size
-    total = 0
-    for folder, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += (Path(folder) / name).stat().st_size
-            except OSError:
-                continue
-    return total
