@@ -3,5 +3,5 @@
 # runtime, example models registered. Extra arguments go to `mmesh up`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-source "$root/scripts/bootstrap.sh" ""
+source "$root/scripts/bootstrap.sh" "sim"  # the simulator's plots and scenario files too
 exec "$root/.venv/bin/mmesh" up "$@"

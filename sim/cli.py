@@ -25,6 +25,21 @@ console = Console()
 ScenarioArg = Annotated[Path, typer.Argument(help="scenario YAML (see sim/scenarios/)", exists=True, dir_okay=False)]
 
 
+@sim_app.callback()
+def _needs_sim_extra() -> None:
+    """Scenario files need PyYAML and reports matplotlib: the `sim` extra.
+    Say so once, plainly, instead of an ImportError deep in a command."""
+    import importlib.util
+
+    missing = [m for m in ("yaml", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        console.print(
+            f"[red]error:[/red] the simulator needs {' and '.join(missing)}: pip install 'mmesh\\[sim]'",
+            markup=True, highlight=False,
+        )
+        raise typer.Exit(2)
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

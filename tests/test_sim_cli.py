@@ -104,3 +104,16 @@ def test_trace_command_exports_a_replayable_trace(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     trace = read_trace(out)
     assert len(trace) == 100 and trace.sizes
+
+
+def test_without_the_sim_extra_the_commands_say_what_to_install(monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from mesh.cli import app
+
+    monkeypatch.setitem(sys.modules, "yaml", None)  # as if PyYAML were not installed
+    result = CliRunner().invoke(app, ["sim", "plan", "sim/scenarios/small.yaml", "--target-hit", "0.9"])
+    assert result.exit_code == 2
+    assert "needs yaml" in result.output and "mmesh[sim]" in result.output
