@@ -59,7 +59,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_string_model(root / "echo" / "model.onnx")
     for i in range(5):
         make_dense_model(root / f"dense-{i}" / "model.onnx", width=64, layers=4, seed=i)
-    make_dense_model(root / "big" / "model.onnx", width=256, layers=8, seed=9)
+    make_dense_model(root / "big" / "model.onnx", width=512, layers=8, seed=9)  # 8 MiB: tests halve it for a capacity well above load noise
     (root / "not-onnx").mkdir()
     (root / "not-onnx" / "model.onnx").write_bytes(b"this is not an onnx model\n" * 10)
     return root

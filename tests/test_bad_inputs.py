@@ -107,8 +107,8 @@ def test_model_larger_than_capacity_is_resource_exhausted(mesh, loop_thread):
     client.infer("add", [_add_input()])  # something loaded, to check nothing is evicted for nothing
     loop_thread.run(mesh.recorder.flush())  # its copy state is written asynchronously
     before = registry_snapshot(loop_thread, mesh)
-    inp = triton.InferInput("x", [1, 256], "FP32")
-    inp.set_data_from_numpy(np.zeros((1, 256), np.float32))
+    inp = triton.InferInput("x", [1, 512], "FP32")
+    inp.set_data_from_numpy(np.zeros((1, 512), np.float32))
     with pytest.raises(InferenceServerException) as err:
         client.infer("big", [inp])
     assert err.value.status() == "StatusCode.RESOURCE_EXHAUSTED"

@@ -408,14 +408,21 @@ def external_data_onnx(big_onnx: Path, tmp_path_factory: pytest.TempPathFactory)
     return root
 
 
-def test_priming_model_is_the_documented_identity_model() -> None:
-    from onnx import TensorProto, helper
+def test_priming_model_is_the_documented_three_node_model() -> None:
+    from onnx import TensorProto, helper, numpy_helper
 
+    weight = numpy_helper.from_array(np.eye(2, dtype=np.float32), name="w")
+    bias = numpy_helper.from_array(np.zeros((2,), np.float32), name="b")
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
+        [
+            helper.make_node("MatMul", ["x", "w"], ["m"]),
+            helper.make_node("Add", ["m", "b"], ["a"]),
+            helper.make_node("Relu", ["a"], ["y"]),
+        ],
         "prime",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
+        initializer=[weight, bias],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

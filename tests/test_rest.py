@@ -295,7 +295,7 @@ def test_capacity_and_failed_load_statuses(start_sidecar, models_dir):
     sidecar = start_sidecar(capacity_bytes=size_of_big // 2, rest_port=free_port())
     register(sidecar.address, "big", models_dir / "big")
     register(sidecar.address, "not-onnx", models_dir / "not-onnx")
-    x = {"name": "x", "datatype": "FP32", "shape": [1, 256], "data": [0.0] * 256}
+    x = {"name": "x", "datatype": "FP32", "shape": [1, 512], "data": [0.0] * 512}
     with httpx.Client(base_url=f"http://127.0.0.1:{sidecar.rest_port}", timeout=60) as http:
         assert "capacity" in post_error(http, "/v2/models/big/infer", 503, json={"inputs": [x]})
         assert "ONNX" in post_error(http, "/v2/models/not-onnx/infer", 422, json={"inputs": [x]})

@@ -54,12 +54,20 @@ SIZE_FACTOR = 1.1
 SUFFIXES = (".onnx",)
 PREFERRED_FILE = "model.onnx"
 _PREPARED: set[tuple[str, ...]] = set()
-# A serialized one-node model (Identity over FP32 [1], IR 8, opset 17) for the
-# priming session: spelled out so the runtime need not import `onnx` (about
-# 9 MiB and 130 ms); tests/test_memory_measurement.py rebuilds it with onnx.helper.
+# A serialized three-node model for the priming session: y = relu(x·w + b)
+# over FP32 [n, 2], with a 2×2 identity `w` and a zero `b` as initializers (IR 8,
+# opset 17). It holds initializers and the commonest kernels (MatMul, Add,
+# Relu) so that their first-use set-up (kernel registration, the initializer
+# allocator, pre-packing) is paid here and not charged to the first real model:
+# an Identity-only priming left about 1 MiB of that on one CI machine's first
+# load. Spelled out so the runtime need not import `onnx` (about 9 MiB and
+# 130 ms); tests/test_memory_measurement.py rebuilds it with onnx.helper.
 PRIMING_MODEL = (
-    b'\x08\x08:;\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x05primeZ\x0f\n\x01x\x12\n\n\x08\x08\x01\x12'
-    b'\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\x11'
+    b'\x08\x08:\x94\x01\n\x11\n\x01x\n\x01w\x12\x01m"\x06MatMul\n\x0e\n\x01m\n\x01b\x12\x01a"\x03Add'
+    b'\n\x0c\n\x01a\x12\x01y"\x04Relu\x12\x05prime*\x1b\x08\x02\x08\x02\x10\x01B\x01wJ\x10\x00\x00\x80?'
+    b'\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x80?*\x11\x08\x02\x10\x01B\x01bJ\x08\x00\x00\x00\x00'
+    b'\x00\x00\x00\x00Z\x14\n\x01x\x12\x0f\n\r\x08\x01\x12\t\n\x03\x12\x01n\n\x02\x08\x02b\x14\n\x01y'
+    b'\x12\x0f\n\r\x08\x01\x12\t\n\x03\x12\x01n\n\x02\x08\x02B\x04\n\x00\x10\x11'
 )
 
 ORT_TYPE_TO_DATATYPE = {
