@@ -183,10 +183,7 @@ async def _up(o: UpOptions) -> None:
                 await sidecars[0].management.register(mm.RegisterModelRequest(modelId=model_id, modelInfo=info))
                 registered.append(model_id)
         _print_banner(sidecars, etcd_endpoint, registered)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = _stop_on_signals()
         await stop.wait()
         console.print("draining…")
         stop.clear()
@@ -200,6 +197,47 @@ async def _up(o: UpOptions) -> None:
             adapter.stop()
         if etcd is not None:
             etcd.stop()
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (each time: the second cuts a drain short)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+@app.command()
+def sidecar(
+    log_level: Annotated[str, typer.Option(envvar="MMESH_LOG_LEVEL")] = "INFO",
+    log_format: Annotated[str, typer.Option(help="'text', or 'json' for JSON lines", envvar="MMESH_LOG_FORMAT")] = "text",
+) -> None:
+    """Run one sidecar configured from the environment (MM_*/MMESH_* variables
+    and KV_STORE, as a Kubernetes pod sets them), against an etcd that runs
+    elsewhere. SIGTERM drains it: its models are copied to other sidecars of
+    the mesh and in-flight requests finish first."""
+    from mesh.logs import configure
+
+    try:
+        configure(log_level, log_format)  # type: ignore[arg-type]  # checked there
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    asyncio.run(_run_sidecar())
+
+
+async def _run_sidecar() -> None:
+    from mesh.settings import MeshSettings
+    from mesh.sidecar import Sidecar
+
+    running = await Sidecar(MeshSettings()).start()
+    try:
+        stop = _stop_on_signals()
+        await stop.wait()
+        stop.clear()
+        await _drain([running], migrate=True, interrupt=stop)
+    finally:
+        await running.stop()
 
 
 async def _drain(sidecars, *, migrate: bool, interrupt: asyncio.Event) -> None:

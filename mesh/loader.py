@@ -30,6 +30,7 @@ from mesh.errors import (
 from mesh.metrics import MeshMetrics
 from mesh.records import ModelRecord
 from mesh.runtime_client import RuntimeClient
+from mesh.type_constraints import runtime_model_type
 from placement import Admission, InstanceState, SizeAwareLRU, in_backoff
 from protos import grpc_predict_v2_pb2 as v2
 from protos import model_runtime_pb2 as spi
@@ -167,7 +168,7 @@ class ModelLoader:
         try:
             size = await self.runtime.predict_size(
                 spi.PredictModelSizeRequest(
-                    modelId=record.model_id, modelType=record.type, modelPath=record.path, modelKey=record.key
+                    modelId=record.model_id, modelType=runtime_model_type(record.type), modelPath=record.path, modelKey=record.key
                 )
             )
         except MeshError as exc:
@@ -203,7 +204,7 @@ class ModelLoader:
                 response = await asyncio.wait_for(
                     self.runtime.load(
                         spi.LoadModelRequest(
-                            modelId=model_id, modelType=record.type, modelPath=record.path, modelKey=record.key
+                            modelId=model_id, modelType=runtime_model_type(record.type), modelPath=record.path, modelKey=record.key
                         ),
                         self.config.load_timeout_s,
                     ),

@@ -8,7 +8,7 @@ import socket
 import uuid
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,6 +32,9 @@ class MeshSettings(BaseSettings):
     metrics_port: int = 2112  # 0 disables the metrics endpoint
     etcd_endpoints: str = "127.0.0.1:2379"  # comma-separated host:port
     kv_prefix: str = Field("mmesh", validation_alias=AliasChoices("MM_KVSTORE_PREFIX", "MMESH_KV_PREFIX", "kv_prefix"))
+    # ModelMesh's `etcd:<file>` (the model-serving-etcd secret, mounted): when
+    # set, its endpoints and root_prefix replace the two fields above
+    kv_store: str = Field("", validation_alias=AliasChoices("KV_STORE", "MMESH_KV_STORE", "kv_store"))
 
     # runtime: "inprocess" builds the adapter in this process; anything else is
     # a gRPC target such as unix:///tmp/mmesh/grpc.sock or localhost:8085
@@ -98,3 +101,16 @@ class MeshSettings(BaseSettings):
     payload_sample_rate: float = Field(1.0, ge=0.0, le=1.0)  # share of requests recorded (request and response)
     payload_log_data: bool = False  # logger:// lines include the payload itself (base64)
     payload_queue_size: int = Field(1000, ge=1)  # per processor; a full queue drops (and counts) payloads
+
+    @model_validator(mode="after")
+    def _apply_kv_store(self) -> "MeshSettings":
+        """Read KV_STORE's connection file once, at start-up."""
+        if self.kv_store:
+            from mesh.etcd_connection import read_kv_store
+
+            connection = read_kv_store(self.kv_store)
+            self.etcd_endpoints = connection.endpoints
+            if connection.root_prefix:
+                self.kv_prefix = connection.root_prefix
+            self.kv_store = ""  # applied: a copy of these settings must not re-read it
+        return self

@@ -16,7 +16,11 @@ _COPY_STATUS = {
 }
 
 
-def model_status(record: ModelRecord | None, loader: ModelLoader, instance_id: str) -> mm.ModelStatusInfo:
+def model_status(record: ModelRecord | None, loader: ModelLoader | None = None, instance_id: str = "") -> mm.ModelStatusInfo:
+    """The model's status from its registry record; with a loader, this
+    instance's own copy is taken from the loader instead (fresher). Without
+    one (the Kubernetes controller, which has only the etcd view) the record
+    alone."""
     if record is None:
         return Status(status=Status.NOT_FOUND)
     copies: dict[str, tuple[int, int, str]] = {}  # instance -> (status, time, error)
@@ -27,11 +31,12 @@ def model_status(record: ModelRecord | None, loader: ModelLoader, instance_id: s
     for inst, (at, error) in record.failures.items():
         if inst not in copies:
             copies[inst] = (Status.LOADING_FAILED, at, error)
-    # this instance knows its own copy better than the (asynchronously written) record
-    copies.pop(instance_id, None)
-    local = loader.copies.get(record.model_id) or loader.failure_of(record.model_id)
-    if local is not None:
-        copies[instance_id] = (_COPY_STATUS[local.state], local.since_ms, local.error)
+    if loader is not None:
+        # this instance knows its own copy better than the (asynchronously written) record
+        copies.pop(instance_id, None)
+        local = loader.copies.get(record.model_id) or loader.failure_of(record.model_id)
+        if local is not None:
+            copies[instance_id] = (_COPY_STATUS[local.state], local.since_ms, local.error)
     infos = sorted(copies.items(), key=lambda item: item[1][1], reverse=True)
     states = {state for state, _, _ in copies.values()}
     if Status.LOADED in states:

@@ -43,6 +43,26 @@ STALE_TRANSITION_MS = 30_000
 VStatus = mm.VModelStatusInfo
 
 
+def vmodel_status(
+    record: VModelRecord | None, model_status: Callable[[str], mm.ModelStatusInfo], owner: str = ""
+) -> mm.VModelStatusInfo:
+    """getVModelStatus's answer for `record` (None: not defined); shared by the
+    sidecar and the Kubernetes controller, which reads the same etcd tables."""
+    if record is None or (owner and record.owner != owner):
+        return VStatus(status=VStatus.NOT_FOUND, activeModelStatus=mm.ModelStatusInfo(status=mm.ModelStatusInfo.NOT_FOUND))
+    info = VStatus(
+        status=VStatus.DEFINED,
+        activeModelId=record.active,
+        targetModelId=record.target,
+        activeModelStatus=model_status(record.active),
+        owner=record.owner,
+    )
+    if record.transitioning:
+        info.status = VStatus.TRANSITION_FAILED if record.failed else VStatus.TRANSITIONING
+        info.targetModelStatus.CopyFrom(model_status(record.target))
+    return info
+
+
 class VModels:
     def __init__(
         self,
@@ -82,20 +102,7 @@ class VModels:
         return record.active
 
     def status(self, vmodel_id: str, owner: str = "") -> mm.VModelStatusInfo:
-        record = self.view.get(vmodel_id)
-        if record is None or (owner and record.owner != owner):
-            return VStatus(status=VStatus.NOT_FOUND, activeModelStatus=mm.ModelStatusInfo(status=mm.ModelStatusInfo.NOT_FOUND))
-        info = VStatus(
-            status=VStatus.DEFINED,
-            activeModelId=record.active,
-            targetModelId=record.target,
-            activeModelStatus=self._model_status(record.active),
-            owner=record.owner,
-        )
-        if record.transitioning:
-            info.status = VStatus.TRANSITION_FAILED if record.failed else VStatus.TRANSITIONING
-            info.targetModelStatus.CopyFrom(self._model_status(record.target))
-        return info
+        return vmodel_status(self.view.get(vmodel_id), self._model_status, owner)
 
     # ---- setVModel -------------------------------------------------------------
 

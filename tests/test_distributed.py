@@ -122,3 +122,17 @@ def test_type_constraints_restrict_where_models_load(start_sidecar, models_dir):
     inp.set_data_from_numpy(np.ones((1, 64), np.float32))
     triton.InferenceServerClient(a.address).infer("constrained", [inp])
     assert not a.loader.try_peek("constrained") and b.loader.try_peek("constrained")
+
+
+def test_a_type_with_a_runtime_label_loads_only_on_that_runtime(start_sidecar, models_dir):
+    """`onnx|rt:pool-b` (how the Kubernetes controller pins a model to the
+    runtime it chose): only b carries rt:pool-b, and its runtime is asked to
+    load format `onnx`, not the labelled string."""
+    a = start_sidecar()
+    b = start_sidecar(labels="rt:pool-b")
+    wait_for(lambda: len(a.instances) == 2 and len(b.instances) == 2, what="instances")
+    register(a.address, "pinned", models_dir / "dense-3", type="onnx|rt:pool-b")
+    inp = triton.InferInput("x", [1, 64], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 64), np.float32))
+    triton.InferenceServerClient(a.address).infer("pinned", [inp])
+    assert not a.loader.try_peek("pinned") and b.loader.try_peek("pinned")
