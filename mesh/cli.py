@@ -240,6 +240,29 @@ async def _run_sidecar() -> None:
         await running.stop()
 
 
+@app.command()
+def controller(
+    log_level: Annotated[str, typer.Option(envvar="MMESH_LOG_LEVEL")] = "INFO",
+    log_format: Annotated[str, typer.Option(help="'text', or 'json' for JSON lines", envvar="MMESH_LOG_FORMAT")] = "text",
+) -> None:
+    """Run the Kubernetes controller (configured from the environment: POD_NAMESPACE,
+    POD_NAME, KV_STORE, MMESH_IMAGE, …; see deploy/controller): InferenceServices
+    in ModelMesh mode become mesh vModels, ServingRuntimes become Deployments,
+    and status is written back. Needs the k8s extra (the kubernetes client)."""
+    from mesh.logs import configure
+
+    try:
+        configure(log_level, log_format)  # type: ignore[arg-type]  # checked there
+        from mesh.controller.controller import run_controller
+        from mesh.controller.settings import ControllerSettings
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    except ImportError as exc:
+        console.print(f"[red]the controller needs the k8s extra[/]: pip install 'mmesh[k8s]' ({exc})")
+        raise typer.Exit(2) from None
+    asyncio.run(run_controller(ControllerSettings()))
+
+
 async def _drain(sidecars, *, migrate: bool, interrupt: asyncio.Event) -> None:
     """Drain every sidecar at once (mesh/drain.py); `interrupt` (a second
     signal) cancels the drains, each of which still ends stopped."""

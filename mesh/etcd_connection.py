@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 UNSUPPORTED_FIELDS = ("userid", "password", "certificate", "certificate_file", "client_key", "client_key_file")
 
@@ -52,3 +53,21 @@ def read_kv_store(value: str) -> EtcdConnection:
     except OSError as exc:
         raise ValueError(f"KV_STORE file {path} cannot be read: {exc}") from exc
     return parse_etcd_connection(text, source=str(file))
+
+
+class KvStoreSettings(Protocol):
+    kv_store: str
+    etcd_endpoints: str
+    kv_prefix: str
+
+
+def apply_kv_store(settings: KvStoreSettings) -> None:
+    """Replace `etcd_endpoints`/`kv_prefix` from `kv_store` when set (once:
+    `kv_store` is cleared so a copy of the settings does not re-read it)."""
+    if not settings.kv_store:
+        return
+    connection = read_kv_store(settings.kv_store)
+    settings.etcd_endpoints = connection.endpoints
+    if connection.root_prefix:
+        settings.kv_prefix = connection.root_prefix
+    settings.kv_store = ""

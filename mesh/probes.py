@@ -41,7 +41,10 @@ async def _run(check: Check) -> str | None:
         return f"check failed: {exc!r}"
 
 
-def probe_app(checks: Mapping[str, Check]) -> web.Application:
+def probe_app(
+    checks: Mapping[str, Check], live_paths: tuple[str, ...] = ("/live",), ready_paths: tuple[str, ...] = ("/ready",)
+) -> web.Application:
+    """Live and ready endpoints (the controller serves them as /healthz, /readyz)."""
     async def live(request: web.Request) -> web.Response:
         return json_response({"live": True})
 
@@ -53,8 +56,10 @@ def probe_app(checks: Mapping[str, Check]) -> web.Application:
         return json_response({"ready": True})
 
     app = web.Application(middlewares=[json_errors])
-    app.router.add_get("/live", live)
-    app.router.add_get("/ready", ready)
+    for path in live_paths:
+        app.router.add_get(path, live)
+    for path in ready_paths:
+        app.router.add_get(path, ready)
     return app
 
 

@@ -105,12 +105,7 @@ class MeshSettings(BaseSettings):
     @model_validator(mode="after")
     def _apply_kv_store(self) -> "MeshSettings":
         """Read KV_STORE's connection file once, at start-up."""
-        if self.kv_store:
-            from mesh.etcd_connection import read_kv_store
+        from mesh.etcd_connection import apply_kv_store
 
-            connection = read_kv_store(self.kv_store)
-            self.etcd_endpoints = connection.endpoints
-            if connection.root_prefix:
-                self.kv_prefix = connection.root_prefix
-            self.kv_store = ""  # applied: a copy of these settings must not re-read it
+        apply_kv_store(self)
         return self
