@@ -39,3 +39,16 @@ def test_kv_store_must_name_an_etcd_file(tmp_path):
         read_kv_store("zookeeper:/x")
     with pytest.raises(ValueError, match="cannot be read"):
         read_kv_store(f"etcd:{tmp_path / 'missing'}")
+
+
+def test_the_controller_reads_the_same_secret_and_finds_the_mesh_service(tmp_path, monkeypatch):
+    from mesh.controller.settings import ControllerSettings
+
+    file = tmp_path / "etcd_connection"
+    file.write_text(json.dumps({"endpoints": "http://etcd:2379", "root_prefix": "modelmesh-serving"}))
+    monkeypatch.setenv("KV_STORE", f"etcd:{file}")
+    monkeypatch.setenv("POD_NAMESPACE", "team-a")
+    settings = ControllerSettings()
+    assert (settings.etcd_endpoints, settings.kv_prefix) == ("etcd:2379", "modelmesh-serving")
+    assert settings.mesh_endpoint == "modelmesh-serving.team-a:8033"
+    assert settings.pod_settings().namespace == "team-a"

@@ -114,6 +114,10 @@ def test_ten_thousand_conflicting_registrations_from_three_sidecars(start_sideca
                     # one result per model, in request order
                     assert [r.modelId for r in response.results] == [m.modelId for m in batch]
                     results[k].extend(response.results)
+                    if start == 0:
+                        # let the conflicting writer land a bump before registration
+                        # races on: overlap is then certain, not a matter of timing
+                        first_bump.wait(30)
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
@@ -122,6 +126,7 @@ def test_ten_thousand_conflicting_registrations_from_three_sidecars(start_sideca
     served: dict[str, set[int]] = defaultdict(set)  # real model -> sidecars that answered
     registration_done = threading.Event()
     overlapped = [0]  # increments committed while registrations were still running
+    first_bump = threading.Event()
 
     async def bump_round(pending: list[tuple[int, str]]) -> list[tuple[int, str]]:
         async def one(w: int, mid: str) -> bool:
@@ -137,6 +142,8 @@ def test_ten_thousand_conflicting_registrations_from_three_sidecars(start_sideca
         for (w, mid), ok in zip(pending, done):
             bumps[mid] += ok
             overlapped[0] += ok and during
+        if overlapped[0]:
+            first_bump.set()
         return [p for p, ok in zip(pending, done) if not ok]  # not registered yet: again later
 
     def conflicting_writer() -> None:
