@@ -50,6 +50,9 @@ from runtime_adapter.model_files import ModelFiles, build_model_files
 from runtime_adapter.server import SERVER_OPTIONS
 
 log = logging.getLogger(__name__)
+# One step of stop() (a server, a watch, the runtime) may hang on a peer that
+# never answers; shutdown goes on without it rather than hang with it.
+STOP_STEP_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -322,7 +325,9 @@ class Sidecar:
             if getattr(self, attribute, None) is None:
                 continue
             try:
-                await step()
+                await asyncio.wait_for(step(), STOP_STEP_TIMEOUT_S + grace_s)
+            except asyncio.TimeoutError:
+                log.error("stopping %s took over %.0f s; going on without it", attribute, STOP_STEP_TIMEOUT_S + grace_s)
             except Exception:
                 log.exception("stopping %s failed", attribute)
 
