@@ -22,6 +22,7 @@ import copy
 import json
 import select
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -748,6 +749,12 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False  # stop() joins handler threads itself, with timeouts
     allow_reuse_address = True
     api: "FakeKubeApi"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client closing its connection (a watch it stopped) is normal, not a traceback."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class FakeKubeApi:
