@@ -116,6 +116,10 @@ def concrete_models(mesh, name: str) -> list[str]:
     return sorted(m for m in mesh.view.ids() if vmodel_of(m) == name)
 
 
+def events_about(kube: FakeKubeApi, name: str) -> list[dict[str, Any]]:
+    return [e for e in kube.list("events", NS) if e["involvedObject"]["name"] == name]
+
+
 def status_writes(kube: FakeKubeApi) -> int:
     return kube.count("PUT", "inferenceservices", "status") + kube.count("PATCH", "inferenceservices", "status")
 
@@ -134,6 +138,7 @@ def test_an_inference_service_is_registered_loaded_served_and_reported(kube, mes
     assert status["modelStatus"]["runtime"] == "mmesh-onnx" and ready(kube, "dense") == "True"
     assert status["url"] == f"grpc://modelmesh-serving.{NS}:8033"
     assert infer_dense(mesh, "dense").shape == (1, 64)  # by the InferenceService's name
+    wait_for(lambda: [e["reason"] for e in events_about(kube, "dense")] == ["ModelLoaded"], what="a ModelLoaded Event")
     # the runtime got its Deployment and the namespace its Service
     wait_for(lambda: kube.get("deployments", "modelmesh-serving-mmesh-onnx", NS) is not None, what="Deployment")
     wait_for(lambda: kube.get("services", "modelmesh-serving", NS) is not None, what="Service")
@@ -237,6 +242,10 @@ def test_runtime_priority_is_honoured_and_no_runtime_is_reported(kube, mesh, uri
              timeout_s=10, what="NoSupportingRuntime")
     assert ready(kube, "tf") == "False" and "tensorflow" in model_status(kube, "tf")["lastFailureInfo"]["message"]
     assert not concrete_models(mesh, "tf")
+    # and `kubectl describe isvc tf` lists why, once
+    wait_for(lambda: events_about(kube, "tf"), what="an Event")
+    [event] = events_about(kube, "tf")
+    assert (event["type"], event["reason"], event["involvedObject"]["kind"]) == ("Warning", "NoSupportingRuntime", "InferenceService")
 
 
 def test_an_invalid_spec_is_reported_and_registers_nothing(kube, mesh, start_controller):

@@ -6,6 +6,8 @@ result back anyway."""
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import datetime, timezone
 from typing import Any
 
 from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, CustomObjectsApi
@@ -33,6 +35,29 @@ class KubeWriter:
             self.custom.replace_namespaced_custom_object_status,
             GROUP, ISVC_VERSION, self.namespace, "inferenceservices", name, isvc,
         )
+
+    async def event(self, obj: dict[str, Any], kind: str, reason: str, message: str, component: str) -> None:
+        """A core/v1 Event about `obj` (what `kubectl describe` lists):
+        `kind` is Normal or Warning."""
+        metadata = obj["metadata"]
+        now = datetime.now(tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{metadata['name']}.{time.time_ns():x}", "namespace": self.namespace},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", ""), "kind": obj.get("kind", ""), "name": metadata["name"],
+                "namespace": self.namespace, "uid": metadata.get("uid", ""),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": kind,
+            "source": {"component": component},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self._call(self.core.create_namespaced_event, self.namespace, body)
 
     async def create_deployment(self, body: dict[str, Any]) -> None:
         await self._call(self.apps.create_namespaced_deployment, self.namespace, body)

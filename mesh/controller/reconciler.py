@@ -67,6 +67,21 @@ def _managed(obj: Mapping[str, Any] | None) -> bool:
     return bool(obj) and ((obj.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/managed-by") == MANAGED_BY
 
 
+def status_news(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """The Event a status change is worth, if any: a new failure (Warning,
+    its reason and message), or the active model reaching Loaded (Normal)."""
+    old_failure = (old.get("modelStatus") or {}).get("lastFailureInfo") or {}
+    failure = (new.get("modelStatus") or {}).get("lastFailureInfo") or {}
+    if failure and (failure.get("reason"), failure.get("message")) != (old_failure.get("reason"), old_failure.get("message")):
+        return "Warning", str(failure.get("reason", "")), str(failure.get("message", ""))
+    was = ((old.get("modelStatus") or {}).get("states") or {}).get("activeModelState")
+    now = ((new.get("modelStatus") or {}).get("states") or {}).get("activeModelState")
+    if now == "Loaded" and was != "Loaded":
+        runtime = (new.get("modelStatus") or {}).get("runtime", "")
+        return "Normal", "ModelLoaded", f"the model is loaded (runtime {runtime})" if runtime else "the model is loaded"
+    return None
+
+
 class Reconciler:
     def __init__(
         self,
@@ -167,11 +182,22 @@ class Reconciler:
                 raise MeshUnavailable(f"deleteVModel {name}: {exc.code().name} {exc.details()}") from exc
 
     async def _write_status(self, isvc: Mapping[str, Any], status: dict[str, Any]) -> None:
-        if (isvc.get("status") or {}) == status:
+        current = isvc.get("status") or {}
+        if current == status:
             return  # nothing new: no write, so our own update events end here
         body = copy.deepcopy(dict(isvc))
         body["status"] = status
         await self.writer.replace_isvc_status(body)
+        news = status_news(current, status)
+        if news is not None:
+            await self._event(body, *news)
+
+    async def _event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        """Best effort: an Event that cannot be written is logged, never retried."""
+        try:
+            await self.writer.event(obj, kind, reason, message, MANAGED_BY)
+        except Exception as exc:
+            log.info("event %s for %s not written: %s", reason, obj["metadata"]["name"], exc)
 
     # ---- runtimes ------------------------------------------------------------------
 
