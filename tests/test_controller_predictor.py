@@ -102,3 +102,14 @@ def test_concrete_ids_lead_back_to_their_vmodel(name, uri):
 
 def test_ids_that_are_not_concrete_isvc_ids_belong_to_nobody():
     assert vmodel_of("plain-model") is None and vmodel_of("x__isvc-short") is None and vmodel_of("__isvc-0123456789") is None
+
+
+def test_azure_blob_uris_become_azure_storage_parameters_as_in_modelmesh():
+    spec = isvc({"model": {"modelFormat": {"name": "onnx"},
+                           "storageUri": "https://acct.blob.core.windows.net/models/onnx/mnist",
+                           "storage": {"parameters": {"container": "overridden", "region": "x"}}}})
+    p = predictor_from_isvc(spec)
+    assert p.model_path == "onnx/mnist"
+    assert json.loads(p.model_key) == {"storage_params": {"account_name": "acct", "container": "models", "region": "x", "type": "azure"}}
+    plain = predictor_from_isvc(isvc({"model": {"modelFormat": {"name": "onnx"}, "storageUri": "https://example.com/m.onnx"}}))
+    assert plain.model_path == "https://example.com/m.onnx" and plain.model_key == ""

@@ -17,6 +17,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 MODELMESH_MODE = "ModelMesh"
@@ -29,6 +30,7 @@ LEGACY_FRAMEWORKS = (
     "sklearn", "xgboost", "tensorflow", "pytorch", "onnx", "triton", "pmml", "lightgbm", "paddle", "huggingface",
 )
 HASH_CHARS = 10
+AZURE_BLOB_HOST = ".blob.core.windows.net"
 
 
 class InvalidSpec(ValueError):
@@ -157,6 +159,9 @@ def predictor_from_isvc(isvc: Mapping[str, Any]) -> Predictor:
     path = _text(storage, "path", f"{where}.storage")
     if bool(uri) == bool(path):
         raise InvalidSpec(f"{where} must have exactly one of storageUri and storage.path")
+    params = _storage_params(storage)
+    if uri:
+        uri, path, params = _split_azure_blob(uri, path, params)
     notes = annotations(isvc)
     runtime = _text(section, "runtime", where) or (notes.get(RUNTIME_ANNOTATION, "").strip() if legacy else "")
     return Predictor(
@@ -169,9 +174,25 @@ def predictor_from_isvc(isvc: Mapping[str, Any]) -> Predictor:
         storage_uri=uri,
         storage_path=path,
         storage_key=_text(storage, "key", f"{where}.storage") or notes.get(SECRET_KEY_ANNOTATION, "").strip(),
-        storage_params=_storage_params(storage),
+        storage_params=params,
         schema_path=_text(storage, "schemaPath", f"{where}.storage") or notes.get(SCHEMA_PATH_ANNOTATION, "").strip(),
     )
+
+
+def _split_azure_blob(uri: str, path: str, params: dict[str, str]) -> tuple[str, str, dict[str, str]]:
+    """`https://<account>.blob.core.windows.net/<container>/<path>` is Azure
+    blob storage, not a plain HTTP file (ModelMesh's reading): it becomes
+    storage parameters (which override `storage.parameters`) and a path, so
+    the puller fetches it as Azure (or says which extra it needs)."""
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host.endswith(AZURE_BLOB_HOST):
+        return uri, path, params
+    container, _, rest = parts.path.lstrip("/").partition("/")
+    if not container:
+        raise InvalidSpec(f"storageUri {uri!r} names no blob container")
+    azure = {"type": "azure", "account_name": host.split(".", 1)[0], "container": container}
+    return "", rest, {**params, **azure}
 
 
 def vmodel_of(model_id: str) -> str | None:
