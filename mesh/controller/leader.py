@@ -136,12 +136,15 @@ class LeaseElector:
             finally:
                 self.is_leader = False
                 leading.cancel()
-                await asyncio.gather(leading, return_exceptions=True)
+                [outcome] = await asyncio.gather(leading, return_exceptions=True)
+                if isinstance(outcome, Exception):
+                    log.error("the leader's work failed: %r", outcome)
                 try:
                     await asyncio.shield(asyncio.to_thread(self.release))
                 except Exception as exc:  # the API may be gone too: the lease then just expires
                     log.info("lease release failed: %s", exc)
-            log.warning("%s lost the lease; campaigning again", self.identity)
+            log.warning("%s stopped leading; campaigning again", self.identity)
+            await asyncio.sleep(self.retry_s)  # a failing leader must not spin
 
     async def _attempt(self) -> bool:
         try:
