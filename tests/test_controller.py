@@ -320,3 +320,48 @@ def test_two_controllers_elect_one_leader_and_fail_over(kube, mesh, uri, start_c
     wait_for(lambda: follower.elector.is_leader, timeout_s=10, what="failover")
     kube.apply("inferenceservices", isvc("after-failover", uri("dense-0")))
     wait_for(lambda: states(kube, "after-failover")[1] == "Loaded", timeout_s=20, what="served after failover")
+
+
+VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def granted(rules_docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for doc in rules_docs if doc.get("kind") in ("Role", "ClusterRole")
+        for rule in doc["rules"] for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]
+    }
+
+
+def needed(method: str, path: str) -> tuple[str, str, str]:
+    """(apiGroup, resource[/subresource], verb) of one request path."""
+    parts = path.strip("/").split("/")
+    group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+    if rest and rest[0] == "namespaces":
+        rest = rest[2:]
+    resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+    verb = VERBS.get(method) or ("get" if len(rest) > 1 else "list")
+    return group, resource, verb
+
+
+def test_every_api_call_the_controller_makes_is_granted_by_its_rbac(kube, mesh, uri, start_controller):
+    kube.apply("clusterservingruntimes", builtin_runtime("mlserver-1.x"))
+    start_controller()
+    kube.apply("inferenceservices", isvc("rbac", uri("dense-0")))
+    kube.apply("inferenceservices", isvc("rbac-tf", "pvc://models/tf", fmt="tensorflow"))
+    wait_for(lambda: states(kube, "rbac")[1] == "Loaded", timeout_s=20, what="Loaded")
+    wait_for(lambda: events_about(kube, "rbac-tf"), what="Warning Event")
+    runtime = kube.get("clusterservingruntimes", "mlserver-1.x")
+    runtime["spec"]["replicas"] = 2
+    kube.apply("clusterservingruntimes", runtime)
+    wait_for(lambda: kube.get("deployments", "modelmesh-serving-mlserver-1.x", NS)["spec"]["replicas"] == 2, what="update")
+    kube.remove("clusterservingruntimes", "mlserver-1.x")
+    wait_for(lambda: kube.get("deployments", "modelmesh-serving-mlserver-1.x", NS) is None, what="delete")
+    kube.remove("inferenceservices", "rbac", NS)
+    wait_for(lambda: mesh.vmodel_view.get("rbac") is None, what="vModel deleted")
+
+    rules = granted(list(yaml.safe_load_all((DEPLOY / "controller" / "rbac.yaml").read_text())))
+    calls = {needed(method, path) for method, path in list(kube.requests)}
+    assert {("apps", "deployments", "update"), ("apps", "deployments", "delete"),
+            ("serving.kserve.io", "inferenceservices/status", "update"), ("", "events", "create")} <= calls
+    assert calls - rules == set(), "calls the controller's Role/ClusterRole does not allow"
