@@ -23,6 +23,7 @@ from mesh.controller.predictor import vmodel_of
 from mesh.controller.settings import ControllerSettings
 from tests.helpers import loads_held, wait_for
 from tests.kube_api import FakeKubeApi
+from tests.test_tls import pki  # noqa: F401  (a fixture: certificates made for the test)
 
 NS = "modelmesh-serving"
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -365,3 +366,22 @@ def test_every_api_call_the_controller_makes_is_granted_by_its_rbac(kube, mesh, 
     assert {("apps", "deployments", "update"), ("apps", "deployments", "delete"),
             ("serving.kserve.io", "inferenceservices/status", "update"), ("", "events", "create")} <= calls
     assert calls - rules == set(), "calls the controller's Role/ClusterRole does not allow"
+
+
+def test_the_controller_reaches_a_mesh_that_requires_mutual_tls(kube, start_sidecar, models_dir, uri, etcd, loop_thread, pki):
+    tls_mesh = start_sidecar(labels="rt:mmesh-onnx", pvc_mounts_dir=str(models_dir.parent), **pki.sidecar("require"))
+    settings = ControllerSettings(
+        namespace=NS, identity="tls", etcd_endpoints=etcd.endpoint, kv_prefix=tls_mesh.settings.kv_prefix,
+        mesh_endpoint=tls_mesh.address, health_port=0, watch_timeout_s=5, lease_s=2, renew_s=0.3, retry_s=0.2,
+        mesh_tls_ca=str(pki.ca), mesh_tls_cert=str(pki.client.cert), mesh_tls_key=str(pki.client.key),
+    )
+
+    async def make() -> Controller:
+        return await Controller(settings, kube.api_client()).start()
+
+    controller = loop_thread.run(make())
+    try:
+        kube.apply("inferenceservices", isvc("secure", uri("dense-0")))
+        wait_for(lambda: states(kube, "secure")[1] == "Loaded", timeout_s=20, what="Loaded over mutual TLS")
+    finally:
+        loop_thread.run(controller.stop())

@@ -25,7 +25,7 @@ from mesh.controller.deployment import MANAGED_BY, RUNTIME_LABEL
 from mesh.controller.informer import Informer
 from mesh.controller.kube_writes import GROUP, ISVC_VERSION, RUNTIME_VERSION, KubeWriter
 from mesh.controller.leader import LeaseElector
-from mesh.controller.mesh_client import MeshClient
+from mesh.controller.mesh_client import MeshClient, mesh_credentials
 from mesh.controller.mesh_state import MeshState
 from mesh.controller.reconciler import ISVC, RUNTIME, SERVICE, Caches, Reconciler
 from mesh.controller.settings import ControllerSettings
@@ -50,7 +50,9 @@ class Controller:
         self.api_client = api_client
         self.queue = WorkQueue()
         self.state = MeshState(settings.etcd_endpoints, settings.kv_prefix, lambda name: self.queue.add(ISVC + name))
-        self.mesh = MeshClient(settings.mesh_endpoint)
+        self.mesh = MeshClient(
+            settings.mesh_endpoint, mesh_credentials(settings.mesh_tls_ca, settings.mesh_tls_cert, settings.mesh_tls_key)
+        )
         ns, timeout = settings.namespace, settings.watch_timeout_s
         custom, apps, core = CustomObjectsApi(api_client), AppsV1Api(api_client), CoreV1Api(api_client)
         managed = f"app.kubernetes.io/managed-by={MANAGED_BY}"

@@ -23,6 +23,11 @@ class ControllerSettings(BaseSettings):
     # the mesh's management API; default: the mesh Service of the namespace
     mesh_endpoint: str = ""
     service_name: str = "modelmesh-serving"
+    # when the mesh serves TLS (MM_TLS_*): the CA to verify it, and for mutual
+    # TLS the controller's certificate and key (PEM files)
+    mesh_tls_ca: str = ""
+    mesh_tls_cert: str = ""
+    mesh_tls_key: str = ""
     image: str = "mmesh:0.1.0"  # sidecar and adapter containers of runtime Deployments
     etcd_secret: str = "model-serving-etcd"
     storage_secret: str = "storage-config"
