@@ -385,7 +385,10 @@ class Store:
         self._objects: dict[str, dict[tuple[str, str], Obj]] = {plural: {} for plural in RESOURCES}
         self._history: deque[Event] = deque()
         self._compacted_rv = 0  # events up to here are forgotten
-        self._rv = 0
+        # a real API server never lists at "0" (its etcd has revisions before any
+        # object of ours); "0" in a watch means "any, from a snapshot", so an empty
+        # store listing "0" would make a watch opened after a change miss it
+        self._rv = 1
         self._watches: list[Watch] = []
         self._stopped = False
         self.bookmark_interval_s = bookmark_interval_s
