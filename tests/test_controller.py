@@ -385,3 +385,16 @@ def test_the_controller_reaches_a_mesh_that_requires_mutual_tls(kube, start_side
         wait_for(lambda: states(kube, "secure")[1] == "Loaded", timeout_s=20, what="Loaded over mutual TLS")
     finally:
         loop_thread.run(controller.stop())
+
+
+def test_vmodels_the_controller_did_not_make_are_left_alone(kube, mesh, uri, models_dir, start_controller):
+    from protos import model_mesh_pb2 as mm
+    from tests.helpers import management
+
+    management(mesh.address).setVModel(mm.SetVModelRequest(
+        vModelId="by-hand", targetModelId="by-hand-model", modelInfo=mm.ModelInfo(type="onnx", path=str(models_dir / "dense-0")),
+    ), timeout=30)
+    start_controller()
+    kube.apply("inferenceservices", isvc("managed", uri("dense-1")))
+    wait_for(lambda: states(kube, "managed")[1] == "Loaded", timeout_s=20, what="Loaded")
+    assert mesh.vmodel_view.get("by-hand") is not None and "by-hand-model" in mesh.view.ids()

@@ -113,7 +113,6 @@ def _mesh_container(settings: PodSettings, runtime: str, spi_port: int, grace_s:
         "MMESH_RUNTIME": f"127.0.0.1:{spi_port}",
         "MM_LABELS": f"rt:{runtime}",
         "KV_STORE": f"etcd:{ETCD_DIR}/etcd_connection",
-        "MM_DEFAULT_VMODEL_OWNER": "isvc",
         "SHUTDOWN_TIMEOUT_MS": str(grace_s * 1000),
         "MMESH_LOG_FORMAT": "json",
     })
