@@ -6,6 +6,7 @@ per peer feeds the power-of-two-choices pick between copies."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ T = TypeVar("T")
 MODEL_ID_HEADER = "mm-model-id"
 VMODEL_ID_HEADER = "mm-vmodel-id"
 FORWARDED_HEADER = "mm-forwarded"  # set on hops between sidecars: serve here, never forward again
+# How long a peer whose connection failed is passed over: long enough to cover
+# a burst of requests, short next to the instance TTL (a live peer whose
+# connection blipped is back in play soon; a dead one leaves with its lease).
+UNREACHABLE_S = 3.0
 
 
 def hop_metadata(model_id: str, sender: str) -> tuple[tuple[str, str], ...]:
@@ -56,7 +61,39 @@ class Peers:
         self._tls = tls  # peers speak TLS (mutual, with the serving certificate) when this sidecar does
         self._peers: dict[str, Peer] = {}
         self.in_flight: Counter[str] = Counter()
+        # peers whose connection just failed: instance -> (until, endpoint)
+        self._unreachable: dict[str, tuple[float, str]] = {}
         instances.add_listener(self._on_instance_change)
+
+    @property
+    def any_unreachable(self) -> bool:
+        return bool(self._unreachable)
+
+    def reachable(self, instance_id: str) -> bool:
+        """False for UNREACHABLE_S after a call to the peer failed for want of
+        a connection. A peer that died keeps its instance record until its
+        lease expires (up to the TTL); without this mark every request in
+        that window would try it first and pay a failed connection."""
+        mark = self._unreachable.get(instance_id)
+        if mark is None:
+            return True
+        until, endpoint = mark
+        record = self._instances.get(instance_id)
+        if time.monotonic() >= until or record is None or record.endpoint != endpoint:
+            del self._unreachable[instance_id]  # expired, or it came back elsewhere
+            return True
+        return False
+
+    def _mark_if_disconnected(self, instance_id: str, peer: Peer) -> None:
+        """Mark the peer when its channel is down (the transport failed), not
+        when the peer answered UNAVAILABLE itself (say, its runtime is
+        restarting): that is about one request, not the connection."""
+        try:
+            state = peer.channel.get_state(try_to_connect=False)
+        except Exception:  # a closed channel: the instance is on its way out anyway
+            return
+        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+            self._unreachable[instance_id] = (time.monotonic() + UNREACHABLE_S, peer.endpoint)
 
     def _peer(self, instance_id: str) -> Peer:
         record = self._instances.get(instance_id)
@@ -86,6 +123,7 @@ class Peers:
             return await fn(peer)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                self._mark_if_disconnected(instance_id, peer)
                 raise RuntimeUnavailable(f"peer {instance_id} unreachable: {exc.details()}") from exc
             raise error_from_status(exc.code(), exc.details() or exc.code().name) from exc
         finally:

@@ -179,6 +179,8 @@ class Router:
         """Where a new copy should load (placement), avoiding `exclude` and the
         instances where it failed recently."""
         excluded = set(exclude) | set(self._recent_failures(record))
+        if self.peers is not None and self.instances is not None and self.peers.any_unreachable:
+            excluded |= {i for i in self.instances.ids() if i != self.instance_id and not self.peers.reachable(i)}
         size = await self.loader.predicted_size(record)
         return choose_load_target(
             size, self._instance_states(), receiving_id=self.instance_id, exclude=excluded,
@@ -187,7 +189,12 @@ class Router:
         )
 
     def live_instances(self):
-        return self.instances.ids() if self.instances is not None else {self.instance_id: None}.keys()
+        """Instances with a live record whose connection has not just failed."""
+        if self.instances is None:
+            return {self.instance_id: None}.keys()
+        if self.peers is None or not self.peers.any_unreachable:
+            return self.instances.ids()  # the common case: a live view, no copy
+        return {i: None for i in self.instances.ids() if i == self.instance_id or self.peers.reachable(i)}.keys()
 
     def is_draining(self, instance_id: str) -> bool:
         """Whether the instance's record says it is shutting down: its copies

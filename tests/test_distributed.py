@@ -136,3 +136,34 @@ def test_a_type_with_a_runtime_label_loads_only_on_that_runtime(start_sidecar, m
     inp.set_data_from_numpy(np.ones((1, 64), np.float32))
     triton.InferenceServerClient(a.address).infer("pinned", [inp])
     assert not a.loader.try_peek("pinned") and b.loader.try_peek("pinned")
+
+
+def test_a_peer_whose_connection_fails_is_passed_over_not_retried_per_request(start_sidecar, loop_thread, models_dir):
+    """B's server goes away while its instance record lives on (until its
+    lease would expire): the first request that finds B's copy unreachable
+    marks B, and the next request for another of B's models goes straight
+    to a load elsewhere instead of trying B again."""
+    a, b = start_sidecar(), start_sidecar()
+    wait_for(lambda: len(a.instances) == 2 and len(b.instances) == 2, what="instances")
+    inp = triton.InferInput("x", [1, 64], "FP32")
+    inp.set_data_from_numpy(np.ones((1, 64), np.float32))
+    for model_id, path in (("on-b-1", "dense-0"), ("on-b-2", "dense-1")):
+        register(b.address, model_id, models_dir / path)
+        triton.InferenceServerClient(b.address).infer(model_id, [inp])
+        wait_for(lambda: b.settings.instance_id in (a.view.get(model_id).instances if a.view.get(model_id) else {}),
+                 what="a sees the copy on b")
+    loop_thread.run(b.server.stop(0))  # b's gRPC port closes; its record stays
+
+    def retried() -> float:
+        return a.metrics.forwarded.labels("retried")._value.get()
+
+    client = triton.InferenceServerClient(a.address)
+    client.infer("on-b-1", [inp])
+    assert retried() == 1 and not b_reachable(a, b)
+    client.infer("on-b-2", [inp])
+    assert retried() == 1  # not tried again
+    assert a.loader.try_peek("on-b-1") and a.loader.try_peek("on-b-2")
+
+
+def b_reachable(a, b) -> bool:
+    return a.peers.reachable(b.settings.instance_id)
