@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
@@ -19,6 +19,9 @@ from mesh.logs import REQUEST_ID_HEADER, current_request_id
 from mesh.records import InstanceRecord
 from mesh.tls import TlsMaterial, open_peer_channel
 from mesh.views import TableView
+
+if TYPE_CHECKING:
+    from mesh.tls_reload import TlsReloader
 from protos import grpc_predict_v2_pb2_grpc as v2_grpc
 from runtime_adapter.server import MAX_MESSAGE_BYTES
 
@@ -31,6 +34,7 @@ FORWARDED_HEADER = "mm-forwarded"  # set on hops between sidecars: serve here, n
 # a burst of requests, short next to the instance TTL (a live peer whose
 # connection blipped is back in play soon; a dead one leaves with its lease).
 UNREACHABLE_S = 3.0
+RELOAD_CLOSE_GRACE_S = 30.0  # calls in flight on a channel made with the old certificate get this long
 
 
 def hop_metadata(model_id: str, sender: str) -> tuple[tuple[str, str], ...]:
@@ -56,10 +60,15 @@ class Peer:
 
 
 class Peers:
-    def __init__(self, instances: TableView[InstanceRecord], tls: TlsMaterial | None = None) -> None:
+    def __init__(
+        self, instances: TableView[InstanceRecord], tls: TlsMaterial | None = None, reloader: "TlsReloader | None" = None
+    ) -> None:
         self._instances = instances
         self._tls = tls  # peers speak TLS (mutual, with the serving certificate) when this sidecar does
+        if reloader is not None:
+            reloader.add_listener(self._on_tls_reload)
         self._peers: dict[str, Peer] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # where channels live (set at first use)
         self.in_flight: Counter[str] = Counter()
         # peers whose connection just failed: instance -> (until, endpoint)
         self._unreachable: dict[str, tuple[float, str]] = {}
@@ -96,6 +105,7 @@ class Peers:
             self._unreachable[instance_id] = (time.monotonic() + UNREACHABLE_S, peer.endpoint)
 
     def _peer(self, instance_id: str) -> Peer:
+        self._loop = asyncio.get_running_loop()
         record = self._instances.get(instance_id)
         if record is None:
             raise RuntimeUnavailable(f"instance {instance_id!r} is not in the mesh")
@@ -130,6 +140,20 @@ class Peers:
             self.in_flight[instance_id] -= 1
             if not self.in_flight[instance_id]:
                 del self.in_flight[instance_id]
+
+    def _on_tls_reload(self, material: TlsMaterial) -> None:
+        """Renewed certificate (called from the reloader's thread): new channels
+        present it; cached ones are dropped and closed after a grace period,
+        so calls in flight on them finish."""
+        loop = self._loop
+        self._tls = material
+        if loop is not None:
+            loop.call_soon_threadsafe(self._drop_channels)
+
+    def _drop_channels(self) -> None:
+        old, self._peers = self._peers, {}
+        for peer in old.values():
+            asyncio.ensure_future(peer.channel.close(grace=RELOAD_CLOSE_GRACE_S))
 
     def _on_instance_change(self, instance_id: str, record: InstanceRecord | None) -> None:
         if record is None:

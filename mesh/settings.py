@@ -79,6 +79,7 @@ class MeshSettings(BaseSettings):
         "", validation_alias=AliasChoices("MM_TLS_TRUST_CERT_PATH", "MMESH_TLS_TRUST_CERT_PATH", "tls_trust_cert_path")
     )  # comma-separated CA files
     tls_target_name_override: str = ""  # host name peers check in each other's certificate; "" = the advertised host
+    tls_reload_s: float = Field(30.0, ge=0)  # how often renewed TLS files are looked for (REST, peers); 0 = never
 
     # drain (mesh/drain.py): SIGTERM → copies moved to peers, in-flight calls
     # finished, exit — all within this; Kubernetes' default grace period.

@@ -39,6 +39,7 @@ from mesh.runtime_client import GrpcRuntime, InProcessRuntime, RuntimeClient
 from mesh.settings import MeshSettings
 from mesh.store import EtcdTable, RegistryStore
 from mesh.tls import TlsMaterial, add_grpc_port, load_tls
+from mesh.tls_reload import TlsReloader
 from mesh.type_constraints import TypeConstraints
 from mesh.views import RegistryView, TableView
 from mesh.vmodels import VModels
@@ -79,6 +80,8 @@ class Sidecar:
         bind_instance(s.instance_id)  # logging: every task started from here (requests too) carries it
         self.metrics.log_requests = s.log_requests
         self.tls: TlsMaterial | None = load_tls(s)  # first: bad TLS settings fail before anything runs
+        self.tls_reloader = TlsReloader(s, self.tls) if self.tls and s.tls_reload_s > 0 else None
+        self._tls_watch: asyncio.Task[None] | None = None
         self._metrics_server = None
         self._temp_models_dir: Path | None = None
         self._rest_server: HttpServer | None = None
@@ -118,7 +121,7 @@ class Sidecar:
         self.instances_table = EtcdTable(self.store.client, s.kv_prefix, "instances", InstanceRecord.from_json)
         self.instances = TableView(self.instances_table)
         await self.instances.start()
-        self.peers = Peers(self.instances, self.tls)
+        self.peers = Peers(self.instances, self.tls, self.tls_reloader)
         self.labels = frozenset(label for label in s.labels.split(",") if label) | self.runtime.type_labels()
         self.router = Router(
             self.view, self.store, self.loader, self.metrics,
@@ -151,14 +154,24 @@ class Sidecar:
         mm_grpc.add_ModelMeshServicer_to_server(ManagementFrontend(self.management, self.metrics), self.server)
         ext_grpc.add_ModelMeshExtensionsServicer_to_server(ExtensionsFrontend(self.management, self.metrics), self.server)
         self.server.add_generic_rpc_handlers((PassthroughHandler(self.dataplane, MethodPolicy(status), self.metrics),))
-        self.grpc_port = add_grpc_port(self.server, f"{s.host}:{s.grpc_port}", self.tls)
+        address = f"{s.host}:{s.grpc_port}"
+        if self.tls_reloader is not None:
+            self.grpc_port = self.server.add_secure_port(address, self.tls_reloader.grpc_server_credentials())
+        else:
+            self.grpc_port = add_grpc_port(self.server, address, self.tls)
         if not self.grpc_port:
             raise OSError(f"could not bind gRPC port {s.host}:{s.grpc_port}")
         await self.server.start()
         if self._rest_server is not None:  # before the instance is published: peers may send REST clients here
             rest = RestFrontend(self.dataplane, self.metrics, self._serving_ready)
-            ssl_context = self.tls.server_ssl_context() if self.tls else None
+            if self.tls_reloader is not None:
+                ssl_context = self.tls_reloader.ssl_context()
+            else:
+                ssl_context = self.tls.server_ssl_context() if self.tls else None
             await self._rest_server.serve(rest.app(), ssl_context=ssl_context)
+        if self.tls_reloader is not None:
+            self.tls_reloader.add_listener(self._on_tls_reload)
+            self._tls_watch = asyncio.create_task(self.tls_reloader.run(s.tls_reload_s), name="tls-reload")
         self._started_ms = now_ms()
         self._rate_mark = (asyncio.get_running_loop().time(), 0)
         self.publisher = InstancePublisher(
@@ -302,6 +315,7 @@ class Sidecar:
         bind_instance(self.settings.instance_id)
         self.shutting_down = True
         steps = [
+            ("_tls_watch", self._stop_tls_watch),
             ("leader", lambda: self.leader.stop()),
             ("scaler", lambda: self.scaler.stop()),
             ("server", lambda: self.server.stop(grace_s)),
@@ -330,6 +344,15 @@ class Sidecar:
                 log.error("stopping %s took over %.0f s; going on without it", attribute, STOP_STEP_TIMEOUT_S + grace_s)
             except Exception:
                 log.exception("stopping %s failed", attribute)
+
+    def _on_tls_reload(self, material: TlsMaterial) -> None:
+        """New certificate: `self.tls` follows (peers' new channels read it)."""
+        self.tls = material
+
+    async def _stop_tls_watch(self) -> None:
+        task, self._tls_watch = self._tls_watch, None
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     async def _stop_http(self, attribute: str) -> None:
         server = getattr(self, attribute)

@@ -23,8 +23,8 @@ what each server and client needs:
 Plain text stays the default: with no certificate and no key, all of these
 are None and servers and channels are insecure.
 
-Files are read once, at start: a renewed certificate takes effect when the
-sidecar restarts (roll the pods after cert-manager renews the secret).
+Files are checked at start; renewed files are picked up while running by
+`mesh.tls_reload.TlsReloader` (new connections get the new certificate).
 
 gRPC Python cannot ask for a client certificate without requiring one, so on
 the gRPC port `optional` serves like `none` (a client certificate is not
