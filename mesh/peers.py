@@ -64,11 +64,17 @@ class Peers:
         self, instances: TableView[InstanceRecord], tls: TlsMaterial | None = None, reloader: "TlsReloader | None" = None
     ) -> None:
         self._instances = instances
-        self._tls = tls  # peers speak TLS (mutual, with the serving certificate) when this sidecar does
+        # peers speak TLS (mutual, with the serving certificate) when this sidecar
+        # does; with a reloader, always its latest material
+        self._tls = tls
+        self._reloader = reloader
         if reloader is not None:
             reloader.add_listener(self._on_tls_reload)
         self._peers: dict[str, Peer] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None  # where channels live (set at first use)
+        try:  # where channels live: built on the sidecar's loop
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
         self.in_flight: Counter[str] = Counter()
         # peers whose connection just failed: instance -> (until, endpoint)
         self._unreachable: dict[str, tuple[float, str]] = {}
@@ -105,7 +111,6 @@ class Peers:
             self._unreachable[instance_id] = (time.monotonic() + UNREACHABLE_S, peer.endpoint)
 
     def _peer(self, instance_id: str) -> Peer:
-        self._loop = asyncio.get_running_loop()
         record = self._instances.get(instance_id)
         if record is None:
             raise RuntimeUnavailable(f"instance {instance_id!r} is not in the mesh")
@@ -118,7 +123,7 @@ class Peers:
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ],
-            self._tls,
+            self._reloader.material if self._reloader is not None else self._tls,
         )
         peer = Peer(record.endpoint, channel, v2_grpc.GRPCInferenceServiceStub(channel))
         self._peers[instance_id] = peer
@@ -146,7 +151,6 @@ class Peers:
         present it; cached ones are dropped and closed after a grace period,
         so calls in flight on them finish."""
         loop = self._loop
-        self._tls = material
         if loop is not None:
             loop.call_soon_threadsafe(self._drop_channels)
 

@@ -66,6 +66,13 @@ class Sidecar:
     probe_port: int = 0
     shutting_down: bool = False  # set when stopping begins: readiness turns 503
 
+    @property
+    def tls(self) -> TlsMaterial | None:
+        """The TLS material in use (the reloader's latest), or None for plain text."""
+        if getattr(self, "tls_reloader", None) is not None:
+            return self.tls_reloader.material
+        return getattr(self, "_tls_at_start", None)
+
     async def start(self) -> "Sidecar":
         """Start everything; if any part fails, stop what already started
         (a half-started gRPC server or etcd watch must not outlive the failure)."""
@@ -79,8 +86,8 @@ class Sidecar:
         s = self.settings
         bind_instance(s.instance_id)  # logging: every task started from here (requests too) carries it
         self.metrics.log_requests = s.log_requests
-        self.tls: TlsMaterial | None = load_tls(s)  # first: bad TLS settings fail before anything runs
-        self.tls_reloader = TlsReloader(s, self.tls) if self.tls and s.tls_reload_s > 0 else None
+        self._tls_at_start: TlsMaterial | None = load_tls(s)  # first: bad TLS settings fail before anything runs
+        self.tls_reloader = TlsReloader(s, self._tls_at_start) if self._tls_at_start and s.tls_reload_s > 0 else None
         self._tls_watch: asyncio.Task[None] | None = None
         self._metrics_server = None
         self._temp_models_dir: Path | None = None
@@ -170,7 +177,6 @@ class Sidecar:
                 ssl_context = self.tls.server_ssl_context() if self.tls else None
             await self._rest_server.serve(rest.app(), ssl_context=ssl_context)
         if self.tls_reloader is not None:
-            self.tls_reloader.add_listener(self._on_tls_reload)
             self._tls_watch = asyncio.create_task(self.tls_reloader.run(s.tls_reload_s), name="tls-reload")
         self._started_ms = now_ms()
         self._rate_mark = (asyncio.get_running_loop().time(), 0)
@@ -344,10 +350,6 @@ class Sidecar:
                 log.error("stopping %s took over %.0f s; going on without it", attribute, STOP_STEP_TIMEOUT_S + grace_s)
             except Exception:
                 log.exception("stopping %s failed", attribute)
-
-    def _on_tls_reload(self, material: TlsMaterial) -> None:
-        """New certificate: `self.tls` follows (peers' new channels read it)."""
-        self.tls = material
 
     async def _stop_tls_watch(self) -> None:
         task, self._tls_watch = self._tls_watch, None

@@ -93,9 +93,13 @@ class TlsReloader:
             self.version += 1
             context = self._ssl_context
             if context is not None:
-                context.load_cert_chain(material.cert_path, material.key_path)
-                if material.trust is not None:
-                    context.load_verify_locations(cadata=material.trust.decode("ascii", "replace"))
+                try:
+                    context.load_cert_chain(material.cert_path, material.key_path)
+                    if material.trust is not None:
+                        context.load_verify_locations(cadata=material.trust.decode("ascii", "replace"))
+                except (OSError, ssl.SSLError) as exc:  # the files moved on again since load_tls read them
+                    log.warning("REST keeps its certificate until the next check: %s", exc)
+                    self._stamp = ()  # look again next time
         log.info("TLS certificate reloaded from %s", material.cert_path)
         for listener in self._listeners:
             try:

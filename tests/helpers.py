@@ -44,6 +44,16 @@ def metric(port: int, name: str) -> float:
     return total
 
 
+def answers_ok(url: str) -> bool:
+    """Whether a GET of `url` answers 200 now (a process starting up may refuse it)."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def wait_for(predicate: Callable[[], object], timeout_s: float = 10.0, what: str = "condition") -> float:
     """Poll until `predicate()` holds (bounded); returns the seconds it took."""
     started = time.monotonic()

@@ -17,7 +17,7 @@ import yaml
 
 from mesh.etcd_process import free_port
 from mesh.processes import stop_process
-from tests.helpers import wait_for
+from tests.helpers import answers_ok, wait_for
 from tests.kube_api import FakeKubeApi
 
 
@@ -41,14 +41,8 @@ def test_the_controller_command_serves_probes_leads_and_stops_on_sigterm(etcd, t
         log = (tmp_path / "controller.log").open("w")
         proc = subprocess.Popen([sys.executable, "-m", "mesh.cli", "controller"], env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            def ready() -> bool:
-                try:
-                    return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            wait_for(ready, timeout_s=30, what="/readyz")
-            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            wait_for(lambda: answers_ok(f"http://127.0.0.1:{port}/readyz"), timeout_s=30, what="/readyz")
+            assert answers_ok(f"http://127.0.0.1:{port}/healthz")
             wait_for(lambda: (kube.get("leases", "mmesh-controller-leader", "team-a") or {}).get("spec", {}).get("holderIdentity") == "controller-0",
                      timeout_s=10, what="the lease taken")
             assert "mmesh_controller" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text

@@ -12,13 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import numpy as np
 import tritonclient.grpc as triton
 
 from mesh.etcd_process import free_port
 from mesh.processes import stop_process
-from tests.helpers import register, wait_for
+from tests.helpers import answers_ok, register, wait_for
 
 
 def test_the_sidecar_command_runs_from_the_environment_and_drains_on_sigterm(etcd, models_dir, tmp_path: Path):
@@ -33,13 +32,7 @@ def test_the_sidecar_command_runs_from_the_environment_and_drains_on_sigterm(etc
     log = (tmp_path / "sidecar.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "mesh.cli", "sidecar"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        def ready() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{probe_port}/ready", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, timeout_s=60, what="/ready")
+        wait_for(lambda: answers_ok(f"http://127.0.0.1:{probe_port}/ready"), timeout_s=60, what="/ready")
         address = f"127.0.0.1:{grpc_port}"
         register(address, "pinned", models_dir / "dense-0", type="onnx|rt:mmesh-onnx")
         inp = triton.InferInput("x", [1, 64], "FP32")

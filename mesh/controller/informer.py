@@ -20,6 +20,8 @@ from typing import Any
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
+from mesh.controller.kube_writes import raw_call
+
 log = logging.getLogger(__name__)
 
 GONE = 410
@@ -128,8 +130,7 @@ class Informer:
         return {"label_selector": self._label_selector} if self._label_selector else {}
 
     def _relist(self) -> str:
-        response = self._list_call(_preload_content=False, **self._selector())
-        doc = json.loads(response.data)
+        doc = json.loads(raw_call(self._list_call, **self._selector()))
         fresh = {object_key(item): item for item in doc.get("items") or []}
         with self._lock:
             gone = [key for key in self._cache if key not in fresh]

@@ -1,7 +1,6 @@
 """The controller's writes to the Kubernetes API, each one blocking call of
 the official client run on a worker thread. Responses are not deserialized
-into models (`_preload_content=False`): the informers' watches bring the
-result back anyway."""
+into models (`raw_call`): the informers' watches bring the result back anyway."""
 
 from __future__ import annotations
 
@@ -17,6 +16,18 @@ ISVC_VERSION = "v1beta1"
 RUNTIME_VERSION = "v1alpha1"
 
 
+def raw_call(method: Any, *args: Any, **kwargs: Any) -> bytes:
+    """Call an API method (blocking) and return the response body as bytes,
+    skipping the client's model deserialization. The body is read whole and
+    the connection handed back to the pool: an unread `_preload_content=False`
+    response would hold its connection until garbage-collected."""
+    response = method(*args, _preload_content=False, **kwargs)
+    try:
+        return response.data
+    finally:
+        response.release_conn()
+
+
 class KubeWriter:
     def __init__(self, api_client: ApiClient, namespace: str) -> None:
         self.namespace = namespace
@@ -25,7 +36,7 @@ class KubeWriter:
         self.core = CoreV1Api(api_client)
 
     async def _call(self, method: Any, *args: Any) -> None:
-        await asyncio.to_thread(method, *args, _preload_content=False)
+        await asyncio.to_thread(raw_call, method, *args)
 
     async def replace_isvc_status(self, isvc: dict[str, Any]) -> None:
         """Replace the status subresource; the body's resourceVersion makes a

@@ -21,6 +21,8 @@ from typing import Any
 from kubernetes.client import CoordinationV1Api
 from kubernetes.client.exceptions import ApiException
 
+from mesh.controller.kube_writes import raw_call
+
 log = logging.getLogger(__name__)
 
 NOT_FOUND, CONFLICT = 404, 409
@@ -65,12 +67,12 @@ class LeaseElector:
 
     def _read(self) -> dict[str, Any] | None:
         try:
-            response = self.api.read_namespaced_lease(self.name, self.namespace, _preload_content=False)
+            body = raw_call(self.api.read_namespaced_lease, self.name, self.namespace)
         except ApiException as exc:
             if exc.status == NOT_FOUND:
                 return None
             raise
-        return json.loads(response.data)
+        return json.loads(body)
 
     def _spec(self, now: float, acquired: str | None) -> dict[str, Any]:
         return {
@@ -88,7 +90,7 @@ class LeaseElector:
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.name, "namespace": self.namespace}, "spec": self._spec(now, None)}
             try:
-                self.api.create_namespaced_lease(self.namespace, body, _preload_content=False)
+                raw_call(self.api.create_namespaced_lease, self.namespace, body)
             except ApiException as exc:
                 if exc.status == CONFLICT:
                     return False  # another candidate created it first
@@ -103,7 +105,7 @@ class LeaseElector:
             return False
         lease["spec"] = self._spec(now, spec.get("acquireTime") if mine else None)
         try:
-            self.api.replace_namespaced_lease(self.name, self.namespace, lease, _preload_content=False)
+            raw_call(self.api.replace_namespaced_lease, self.name, self.namespace, lease)
         except ApiException as exc:
             if exc.status == CONFLICT:
                 return False  # someone wrote it since we read it: they won this round
@@ -118,7 +120,7 @@ class LeaseElector:
         lease["spec"]["holderIdentity"] = ""
         lease["spec"]["renewTime"] = _micro_time(0)
         try:
-            self.api.replace_namespaced_lease(self.name, self.namespace, lease, _preload_content=False)
+            raw_call(self.api.replace_namespaced_lease, self.name, self.namespace, lease)
         except ApiException as exc:
             log.info("could not release lease %s: %s", self.name, exc.reason)
 
